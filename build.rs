@@ -1,0 +1,26 @@
+//! Compiles csrc/ (the shim: what tch lacks) against the libtorch that torch-sys links.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    let libtorch = PathBuf::from(std::env::var("LIBTORCH").unwrap_or_else(|_| {
+        panic!("LIBTORCH is not set: run scripts/setup-libtorch.sh (it installs libtorch into ./libtorch, which .cargo/config.toml points at), or export LIBTORCH=<path to a torch 2.11.0 install>/torch")
+    }));
+    let include = libtorch.join("include");
+    if !include.join("ATen/ATen.h").exists() {
+        panic!("LIBTORCH={} has no include/ATen/ATen.h: run scripts/setup-libtorch.sh or point LIBTORCH at a torch 2.11.0 install", libtorch.display());
+    }
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/shim.cpp")
+        .compile("sadajem_shim");
+}
