@@ -1,0 +1,457 @@
+//! A folder of PNG/JPEG images, for data sets that come as plain pictures (CelebA, a user's own).
+//!
+//! Layouts, in the order they are tried:
+//! - `DIR/train/` and `DIR/test/` both present: they are the two splits, each laid out as below.
+//!   Class names come from `train/`, so a class missing from `test/` keeps its index.
+//! - sub-folders holding images: one class per sub-folder, indices in sorted name order.
+//! - otherwise the images directly in `DIR` are one class, 0 (an OOD set needs no labels).
+//!
+//! Without the train/test pair, every split returns the whole folder. Files are recognised by
+//! their extension (`.png`, `.jpg`, `.jpeg`, any case), so notes and CSVs beside the images are
+//! skipped; hidden entries (starting with `.`) are ignored; sub-folders are not searched deeper.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use image::imageops::{self, FilterType};
+use image::{ImageBuffer, ImageReader, Pixel};
+use serde::{Deserialize, Serialize};
+
+use super::{DataError, ImageSet, Split};
+
+/// How folder images are brought to one shape; the binary formats have a fixed shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderOptions {
+    /// 1 = luma (Rec. 709 weights, as the `image` crate computes it), 3 = RGB.
+    pub channels: usize,
+    /// Output side in pixels: images are centre-cropped to a square, then resized to this.
+    pub size: usize,
+}
+
+impl Default for FolderOptions {
+    /// The shape of CIFAR-10, the usual in-distribution set when a folder is read for OOD tests.
+    fn default() -> Self {
+        FolderOptions {
+            channels: 3,
+            size: 32,
+        }
+    }
+}
+
+/// Larger sides are almost certainly a typo, and would make a folder of photos take gigabytes.
+const MAX_SIZE: usize = 4096;
+
+impl FolderOptions {
+    fn check(&self) -> Result<(), DataError> {
+        if self.channels != 1 && self.channels != 3 {
+            return Err(DataError::BadOption(format!(
+                "folder images need 1 (grey) or 3 (RGB) channels, got {}",
+                self.channels
+            )));
+        }
+        if self.size == 0 || self.size > MAX_SIZE {
+            return Err(DataError::BadOption(format!(
+                "folder image size must be 1..={MAX_SIZE} pixels, got {}",
+                self.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn looks_like(dir: &Path) -> bool {
+    // An image at most two levels down covers every layout: flat, classes, train/class.
+    fn has_image(dir: &Path, depth: usize) -> bool {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            let path = entry.path();
+            if is_hidden(&path) {
+                false
+            } else if path.is_dir() {
+                depth > 0 && has_image(&path, depth - 1)
+            } else {
+                is_image_name(&path)
+            }
+        })
+    }
+    has_image(dir, 2)
+}
+
+/// Reads one split of an image folder (see the module docs for the layouts).
+pub fn load(dir: &Path, split: Split, opts: FolderOptions) -> Result<ImageSet, DataError> {
+    opts.check()?;
+    let (train, test) = (dir.join("train"), dir.join("test"));
+    let (class_root, root) = if train.is_dir() && test.is_dir() {
+        let root = match split {
+            Split::Train => train.clone(),
+            Split::Test => test,
+        };
+        (train, root)
+    } else {
+        (dir.to_path_buf(), dir.to_path_buf())
+    };
+
+    let classes = class_folders(&class_root)?;
+    let mut files: Vec<(PathBuf, i64)> = Vec::new();
+    let num_classes = if classes.is_empty() {
+        files.extend(image_files(&root)?.into_iter().map(|path| (path, 0)));
+        1
+    } else {
+        for name in class_folders(&root)? {
+            if !classes.contains(&name) {
+                return Err(DataError::malformed(
+                    root.join(&name),
+                    format!(
+                        "a class folder that {} lacks; its classes are {}",
+                        class_root.display(),
+                        classes.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(loose) = image_files(&root)?.first() {
+            return Err(DataError::malformed(
+                loose,
+                "an image beside class sub-folders; put every image in a class folder, \
+                 or use a flat folder with no class sub-folders",
+            ));
+        }
+        for (label, name) in classes.iter().enumerate() {
+            let class_dir = root.join(name);
+            if class_dir.is_dir() {
+                let found = image_files(&class_dir)?;
+                files.extend(found.into_iter().map(|path| (path, label as i64)));
+            }
+        }
+        classes.len()
+    };
+    if files.is_empty() {
+        return Err(DataError::Empty {
+            path: root,
+            detail: "expected PNG or JPEG files (.png, .jpg, .jpeg), in class sub-folders \
+                     or directly in the folder"
+                .to_string(),
+        });
+    }
+
+    let image_len = opts.channels * opts.size * opts.size;
+    let mut images = Vec::with_capacity(files.len() * image_len);
+    let mut labels = Vec::with_capacity(files.len());
+    for (path, label) in &files {
+        images.extend(decode(path, opts)?);
+        labels.push(*label);
+    }
+    Ok(ImageSet {
+        images,
+        n: files.len(),
+        channels: opts.channels,
+        height: opts.size,
+        width: opts.size,
+        labels,
+        num_classes,
+    })
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+}
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| {
+        let ext = ext.to_string_lossy().to_ascii_lowercase();
+        ext == "png" || ext == "jpg" || ext == "jpeg"
+    })
+}
+
+/// Paths of the visible entries of `dir`, sorted by name so the order never depends on the
+/// file system.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        if !is_hidden(&path) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    Ok(entries(dir)?
+        .into_iter()
+        .filter(|path| path.is_file() && is_image_name(path))
+        .collect())
+}
+
+/// Names of the sub-folders of `dir` that hold images, sorted; a sub-folder with none (say,
+/// `annotations/`) is not a class.
+fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut names = Vec::new();
+    for path in entries(dir)? {
+        if path.is_dir() && !image_files(&path)?.is_empty() {
+            if let Some(name) = path.file_name() {
+                names.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Decodes one image to `opts.channels` CHW planes of `opts.size` squared.
+fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
+    // The content decides the decoder, so a JPEG saved as .png still reads. The reader's
+    // default memory limits stop a forged header from asking for a huge buffer.
+    let image = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| DataError::io(path, e))?
+        .decode()
+        .map_err(|source| DataError::Image {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let size = opts.size as u32;
+    if opts.channels == 1 {
+        Ok(square(image.to_luma8(), size).into_raw())
+    } else {
+        let rgb = square(image.to_rgb8(), size).into_raw();
+        let plane = opts.size * opts.size;
+        let mut chw = vec![0u8; 3 * plane];
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                chw[c * plane + i] = px[c];
+            }
+        }
+        Ok(chw)
+    }
+}
+
+/// Crops the centre square (so faces and objects keep their proportions) and resizes it to
+/// `size` with the Triangle filter: bilinear, with its support widened when shrinking, so a
+/// large photo is averaged down rather than aliased.
+fn square<P>(image: ImageBuffer<P, Vec<u8>>, size: u32) -> ImageBuffer<P, Vec<u8>>
+where
+    P: Pixel<Subpixel = u8> + 'static,
+{
+    let (w, h) = image.dimensions();
+    if w == size && h == size {
+        return image;
+    }
+    let side = w.min(h);
+    let cropped = imageops::crop_imm(&image, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    if side == size {
+        cropped
+    } else {
+        imageops::resize(&cropped, size, size, FilterType::Triangle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+
+    /// A 40x20 image, black on the left half and `colour` on the right half.
+    fn half_and_half(colour: [u8; 3]) -> RgbImage {
+        RgbImage::from_fn(
+            40,
+            20,
+            |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb(colour) },
+        )
+    }
+
+    fn two_classes(dir: &Path) {
+        fs::create_dir_all(dir.join("cats")).unwrap();
+        fs::create_dir_all(dir.join("dogs")).unwrap();
+        half_and_half([255, 0, 0])
+            .save(dir.join("cats/a.png"))
+            .unwrap();
+        RgbImage::from_pixel(12, 12, Rgb([0, 0, 255]))
+            .save(dir.join("cats/b.PNG"))
+            .unwrap();
+        RgbImage::from_pixel(16, 16, Rgb([0, 255, 0]))
+            .save(dir.join("dogs/c.jpg"))
+            .unwrap();
+        fs::write(dir.join("dogs/README.txt"), "not an image").unwrap();
+        fs::write(dir.join("dogs/.hidden.png"), "ignored").unwrap();
+    }
+
+    fn rgb32() -> FolderOptions {
+        FolderOptions::default()
+    }
+
+    #[test]
+    fn reads_classes_from_sub_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        two_classes(tmp.path());
+        assert!(looks_like(tmp.path()));
+        let opts = FolderOptions {
+            channels: 3,
+            size: 8,
+        };
+        let set = load(tmp.path(), Split::Train, opts).unwrap();
+        assert_eq!((set.n, set.channels, set.height, set.width), (3, 3, 8, 8));
+        assert_eq!(set.num_classes, 2);
+        assert_eq!(set.labels, [0, 0, 1]);
+
+        // a.png: the centre square is half black, half red; red shows only in the R plane.
+        let a = set.image(0);
+        assert!(a[0] < 40 && a[7] > 215, "row 0 of R: {:?}", &a[..8]);
+        assert!(a[64..].iter().all(|&v| v < 10), "G and B planes");
+        // b.PNG (upper-case suffix) is pure blue; c.jpg pure green, give or take JPEG.
+        assert!(set.image(1)[128..].iter().all(|&v| v == 255));
+        let c = set.image(2);
+        assert!(c[64..128].iter().all(|&v| v > 240) && c[..64].iter().all(|&v| v < 15));
+
+        // Same data, whichever split is asked for.
+        assert!(load(tmp.path(), Split::Test, opts).unwrap() == set);
+    }
+
+    #[test]
+    fn converts_to_grey_and_resizes() {
+        let tmp = tempfile::tempdir().unwrap();
+        two_classes(tmp.path());
+        let set = load(
+            tmp.path(),
+            Split::Test,
+            FolderOptions {
+                channels: 1,
+                size: 28,
+            },
+        )
+        .unwrap();
+        assert_eq!((set.channels, set.height, set.width), (1, 28, 28));
+        assert_eq!(set.images.len(), 3 * 28 * 28);
+        // Pure blue in Rec. 709 luma is about 0.0722 * 255.
+        assert!(
+            set.image(1).iter().all(|&v| (15..=21).contains(&v)),
+            "{:?}",
+            &set.image(1)[..4]
+        );
+    }
+
+    #[test]
+    fn train_and_test_folders_are_the_splits() {
+        let tmp = tempfile::tempdir().unwrap();
+        two_classes(&tmp.path().join("train"));
+        fs::create_dir_all(tmp.path().join("test/dogs")).unwrap();
+        GrayImage::from_pixel(32, 32, Luma([7]))
+            .save(tmp.path().join("test/dogs/d.png"))
+            .unwrap();
+        assert!(looks_like(tmp.path()));
+
+        assert_eq!(load(tmp.path(), Split::Train, rgb32()).unwrap().n, 3);
+        let test = load(tmp.path(), Split::Test, rgb32()).unwrap();
+        // Only dogs in test, still class 1 of 2 as in train.
+        assert_eq!(test.labels, [1]);
+        assert_eq!(test.num_classes, 2);
+        assert!(test.images.iter().all(|&v| v == 7));
+
+        fs::create_dir_all(tmp.path().join("test/birds")).unwrap();
+        GrayImage::new(4, 4)
+            .save(tmp.path().join("test/birds/e.png"))
+            .unwrap();
+        let msg = load(tmp.path(), Split::Test, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("birds") && msg.contains("cats, dogs"), "{msg}");
+    }
+
+    #[test]
+    fn flat_folder_is_one_class() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["x.png", "y.jpeg"] {
+            RgbImage::from_pixel(50, 60, Rgb([90, 90, 90]))
+                .save(tmp.path().join(name))
+                .unwrap();
+        }
+        fs::create_dir(tmp.path().join("annotations")).unwrap();
+        fs::write(tmp.path().join("annotations/list.csv"), "x.png,1").unwrap();
+        let set = load(tmp.path(), Split::Test, rgb32()).unwrap();
+        assert_eq!((set.n, set.num_classes), (2, 1));
+        assert_eq!(set.labels, [0, 0]);
+    }
+
+    #[test]
+    fn undecodable_image_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        two_classes(tmp.path());
+        let bad = tmp.path().join("dogs/broken.png");
+        fs::write(&bad, b"\x89PNG\r\n\x1a\n this is not really a PNG").unwrap();
+        let msg = load(tmp.path(), Split::Train, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(&bad.display().to_string()), "{msg}");
+
+        // A real PNG cut short.
+        let full = fs::read(tmp.path().join("cats/a.png")).unwrap();
+        fs::write(&bad, &full[..full.len() / 2]).unwrap();
+        let msg = load(tmp.path(), Split::Train, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(&bad.display().to_string()), "{msg}");
+
+        // Text with an image name.
+        fs::write(&bad, b"hello").unwrap();
+        let msg = load(tmp.path(), Split::Train, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(&bad.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn empty_and_ambiguous_folders_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("notes.txt"), "no images here").unwrap();
+        assert!(!looks_like(tmp.path()));
+        let msg = load(tmp.path(), Split::Train, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("no images found"), "{msg}");
+
+        two_classes(tmp.path());
+        GrayImage::new(4, 4)
+            .save(tmp.path().join("stray.png"))
+            .unwrap();
+        let msg = load(tmp.path(), Split::Train, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("stray.png") && msg.contains("class folder"),
+            "{msg}"
+        );
+
+        let msg = load(&tmp.path().join("nope"), Split::Train, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        two_classes(tmp.path());
+        for opts in [
+            FolderOptions {
+                channels: 2,
+                size: 32,
+            },
+            FolderOptions {
+                channels: 3,
+                size: 0,
+            },
+            FolderOptions {
+                channels: 3,
+                size: 100_000,
+            },
+        ] {
+            assert!(matches!(
+                load(tmp.path(), Split::Train, opts),
+                Err(DataError::BadOption(_))
+            ));
+        }
+    }
+}
