@@ -1,0 +1,373 @@
+//! The typed run configuration: built-in defaults, then a preset (`configs/NAME.toml`, compiled
+//! into the binary), then a user file, then `--set key=value` overrides — each layer a partial
+//! TOML document over the previous one. Unknown keys and bad values fail naming the key.
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("unknown preset `{0}`; available presets: {1}")]
+    UnknownPreset(String, String),
+    #[error("{0}: cannot read config file: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{source_name}: invalid TOML: {message}")]
+    Syntax { source_name: String, message: String },
+    #[error("unknown setting `{key}`; allowed {where_}: {allowed}")]
+    UnknownKey { key: String, where_: String, allowed: String },
+    #[error("`--set {0}`: expected key=value, e.g. `--set optim.lr=0.05`")]
+    BadOverride(String),
+    #[error("{source_name}: {message}")]
+    Invalid { source_name: String, message: String },
+    #[error("setting `{key}` = {value}: {expected}")]
+    OutOfRange { key: &'static str, value: String, expected: &'static str },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    None,
+    Batch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recipe {
+    /// Plain cross-entropy classifier, the baseline of every table.
+    Softmax,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Wide-ResNet depth, 6n + 4 (10, 16, 22, 28, ...).
+    pub depth: i64,
+    /// Widen factor k: group widths 16k, 32k, 64k.
+    pub widen: i64,
+    pub norm: NormKind,
+    /// Batch-norm momentum in PyTorch's convention: running ← (1−m)·running + m·batch.
+    /// The reference code passes 0.9.
+    pub bn_momentum: f64,
+    /// Negative slope of every LeakyReLU.
+    pub slope: f64,
+    pub dropout: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { depth: 28, widen: 10, norm: NormKind::Batch, bn_momentum: 0.9, slope: 0.2, dropout: 0.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Directory of the dataset (relative paths are relative to the working directory).
+    pub dir: PathBuf,
+    /// `auto` (detected from the files), `idx`, `cifar10`, `cifar100`, `svhn` or `folder`.
+    pub format: String,
+    /// Image folders only: images are converted to this many channels (1 or 3) ...
+    pub channels: usize,
+    /// ... and resized to this square size.
+    pub image_size: usize,
+    /// Training images held out (seeded) for validation and best-checkpoint selection.
+    pub n_valid: usize,
+    /// Use only the first N training / test images (0 = all): for quick tries and tests.
+    pub max_train: usize,
+    pub max_test: usize,
+    /// Classification batch size; this loader defines the epoch.
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// Reflect-pad by this many pixels, then random-crop back (0 = off).
+    pub pad_crop: usize,
+    /// Random horizontal flips (off for digits).
+    pub flip: bool,
+    /// Std of Gaussian noise added after scaling to [−1, 1].
+    pub noise: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dir: PathBuf::from("data/fashion-mnist"),
+            format: "auto".into(),
+            channels: 3,
+            image_size: 32,
+            n_valid: 5000,
+            max_train: 0,
+            max_test: 0,
+            batch_size: 128,
+            eval_batch_size: 500,
+            pad_crop: 4,
+            flip: true,
+            noise: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    /// Coupled L2 (added to the gradient), as torch.optim.SGD does.
+    pub weight_decay: f64,
+    /// Linear warm-up from 0 over this many iterations.
+    pub warmup_iters: usize,
+    /// The learning rate is multiplied by `decay_rate` at each of these epochs.
+    pub decay_epochs: Vec<usize>,
+    pub decay_rate: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_iters: 1000,
+            decay_epochs: vec![60, 120, 180],
+            decay_rate: 0.2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub recipe: Recipe,
+    pub epochs: usize,
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// libtorch intra-op threads; 0 = one per core.
+    pub threads: usize,
+    /// Iterations between metrics.jsonl lines.
+    pub log_every: usize,
+    /// Iterations between mid-epoch checkpoints (0 = only at epoch ends).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            recipe: Recipe::Softmax,
+            epochs: 200,
+            seed: 1,
+            device: "cpu".into(),
+            threads: 0,
+            log_every: 50,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub optim: OptimConfig,
+    pub train: TrainConfig,
+}
+
+/// The presets shipped in `configs/`, compiled in so `--preset` works from any directory.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("softmax-fashion", include_str!("../configs/softmax-fashion.toml")),
+    ("softmax-mnist", include_str!("../configs/softmax-mnist.toml")),
+    ("softmax-cifar10", include_str!("../configs/softmax-cifar10.toml")),
+];
+
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
+}
+
+/// What a run is built from, in order of precedence (last wins).
+#[derive(Debug, Default)]
+pub struct Sources<'a> {
+    pub preset: Option<&'a str>,
+    pub file: Option<&'a Path>,
+    pub overrides: &'a [String],
+}
+
+impl Config {
+    pub fn from_sources(src: &Sources) -> Result<Config, ConfigError> {
+        let mut doc = toml::Value::try_from(Config::default()).expect("defaults serialise");
+        if let Some(name) = src.preset {
+            let text = PRESETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| ConfigError::UnknownPreset(name.into(), preset_names().join(", ")))?;
+            merge_layer(&mut doc, parse(text, &format!("preset {name}"))?, "")?;
+        }
+        if let Some(path) = src.file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+            merge_layer(&mut doc, parse(&text, &path.display().to_string())?, "")?;
+        }
+        for o in src.overrides {
+            let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+            set_key(&mut doc, key.trim(), parse_value(value.trim()))?;
+        }
+        let source_name = "configuration".to_string();
+        let cfg: Config = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: e.to_string().trim().to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a run's saved `config.toml` (complete, as written by `to_toml`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::from_sources(&Sources { file: Some(path), ..Default::default() })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check(ok: bool, key: &'static str, value: impl ToString, expected: &'static str) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { key, value: value.to_string(), expected })
+            }
+        }
+        let (m, d, o, t) = (&self.model, &self.data, &self.optim, &self.train);
+        check(m.depth >= 10 && (m.depth - 4) % 6 == 0, "model.depth", m.depth, "expected 6n+4 with n ≥ 1 (10, 16, 22, 28, ...)")?;
+        check(m.widen >= 1, "model.widen", m.widen, "expected an integer ≥ 1")?;
+        check((0.0..=1.0).contains(&m.bn_momentum), "model.bn_momentum", m.bn_momentum, "expected a value in [0, 1] (PyTorch convention)")?;
+        check((0.0..1.0).contains(&m.slope), "model.slope", m.slope, "expected a LeakyReLU slope in [0, 1)")?;
+        check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "expected a rate in [0, 1)")?;
+        check(
+            ["auto", "idx", "cifar10", "cifar100", "svhn", "folder"].contains(&d.format.as_str()),
+            "data.format",
+            &d.format,
+            "expected one of auto, idx, cifar10, cifar100, svhn, folder",
+        )?;
+        check(d.channels == 1 || d.channels == 3, "data.channels", d.channels, "expected 1 or 3")?;
+        check((8..=512).contains(&d.image_size), "data.image_size", d.image_size, "expected a size in 8..=512 pixels")?;
+        check(d.batch_size >= 1, "data.batch_size", d.batch_size, "expected ≥ 1")?;
+        check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "expected ≥ 1")?;
+        check(d.pad_crop <= 16, "data.pad_crop", d.pad_crop, "expected 0..=16 pixels")?;
+        check(d.noise >= 0.0, "data.noise", d.noise, "expected a standard deviation ≥ 0")?;
+        check(o.lr > 0.0, "optim.lr", o.lr, "expected > 0")?;
+        check((0.0..1.0).contains(&o.momentum), "optim.momentum", o.momentum, "expected a value in [0, 1)")?;
+        check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, "expected ≥ 0")?;
+        check(o.decay_rate > 0.0, "optim.decay_rate", o.decay_rate, "expected > 0")?;
+        check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
+        check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
+        check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
+        Ok(())
+    }
+}
+
+fn parse(text: &str, source_name: &str) -> Result<toml::Value, ConfigError> {
+    text.parse::<toml::Table>()
+        .map(toml::Value::Table)
+        .map_err(|e| ConfigError::Syntax { source_name: source_name.into(), message: e.to_string() })
+}
+
+/// A `--set` value: any TOML value (`0.05`, `true`, `[30, 60]`, `"x"`), else a bare string.
+fn parse_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.into()))
+}
+
+fn allowed_keys(table: &toml::Table) -> String {
+    table.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// Copies `layer` into `doc`, refusing keys `doc` (which starts as the full defaults) lacks.
+fn merge_layer(doc: &mut toml::Value, layer: toml::Value, prefix: &str) -> Result<(), ConfigError> {
+    let (toml::Value::Table(dst), toml::Value::Table(src)) = (doc, layer) else { unreachable!() };
+    for (k, v) in src {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match dst.get_mut(&k) {
+            None => {
+                let where_ = if prefix.is_empty() { "sections".to_string() } else { format!("keys in [{prefix}]") };
+                return Err(ConfigError::UnknownKey { key, where_, allowed: allowed_keys(dst) });
+            }
+            Some(slot @ toml::Value::Table(_)) if v.is_table() => merge_layer(slot, v, &key)?,
+            Some(slot) => *slot = v,
+        }
+    }
+    Ok(())
+}
+
+fn set_key(doc: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut layer = value;
+    for part in key.rsplit('.') {
+        let mut t = toml::Table::new();
+        t.insert(part.to_string(), layer);
+        layer = toml::Value::Table(t);
+    }
+    merge_layer(doc, layer, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(overrides: &[&str]) -> Result<Config, ConfigError> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::from_sources(&Sources { preset: Some("softmax-fashion"), overrides: &o, ..Default::default() })
+    }
+
+    #[test]
+    fn every_preset_parses_and_validates() {
+        for name in preset_names() {
+            let c = Config::from_sources(&Sources { preset: Some(name), ..Default::default() });
+            assert!(c.is_ok(), "{name}: {:?}", c.err());
+        }
+    }
+
+    #[test]
+    fn overrides_take_typed_values() {
+        let c = with(&["optim.lr=0.05", "data.flip=false", "optim.decay_epochs=[1, 2]", "train.device=cpu"]).unwrap();
+        assert_eq!(c.optim.lr, 0.05);
+        assert!(!c.data.flip);
+        assert_eq!(c.optim.decay_epochs, vec![1, 2]);
+        assert_eq!(c.train.device, "cpu");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_allowed_ones() {
+        let e = with(&["optim.lrr=0.05"]).unwrap_err().to_string();
+        assert!(e.contains("optim.lrr") && e.contains("weight_decay"), "{e}");
+        let e = with(&["optimizer.lr=1"]).unwrap_err().to_string();
+        assert!(e.contains("optimizer") && e.contains("optim") && e.contains("train"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_was_expected() {
+        let e = with(&["model.depth=12"]).unwrap_err().to_string();
+        assert!(e.contains("model.depth") && e.contains("6n+4"), "{e}");
+        let e = with(&["model.norm=group"]).unwrap_err().to_string();
+        assert!(e.contains("group") && e.contains("batch"), "{e}");
+        let e = with(&["train.recipe=jam"]).unwrap_err().to_string();
+        assert!(e.contains("jam") && e.contains("softmax"), "{e}");
+        let e = with(&["optim.lr=fast"]).unwrap_err().to_string();
+        assert!(e.contains("optim.lr") && e.contains("fast"), "{e}");
+        assert!(with(&["nokey"]).unwrap_err().to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_presets() {
+        let e = Config::from_sources(&Sources { preset: Some("nope"), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("softmax-fashion"), "{e}");
+    }
+
+    #[test]
+    fn saved_config_round_trips() {
+        let c = with(&["optim.lr=0.01"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, c.to_toml()).unwrap();
+        assert_eq!(Config::load(&p).unwrap(), c);
+    }
+}

@@ -1,0 +1,24 @@
+//! sadajem: Joint Energy-based Models — one network that is a classifier p(y|x) and a
+//! generative model p(x) ∝ exp(logsumexp f(x)) — trained with SADA-JEM, JEM, JEM++ or plain
+//! softmax recipes on libtorch (tch).
+//!
+//! Where each idea lives:
+//! - [`config`]: typed settings, presets (`configs/`), `--set key=value`, validation.
+//! - [`engine`]: device, threads, seeding: the only place that sets libtorch globals.
+//! - [`shim`]: the Rust side of `csrc/shim.cpp` (what tch lacks, e.g. LeakyReLU's slope).
+//! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; augmentation; loaders.
+//! - [`model`]: the Wide-ResNet ([`model::wrn`]) and its energy view ([`model::energy`]).
+//! - [`optim`]: SGD with momentum and coupled weight decay; the learning-rate schedule.
+//! - [`train`]: one iteration per recipe ([`train::recipe`]), the loop ([`train::trainer`]),
+//!   atomic checkpoints ([`train::checkpoint`]).
+//! - [`eval`]: metrics as pure functions.
+//! - [`run`]: the run-directory layout every command reads and writes.
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod eval;
+pub mod model;
+pub mod optim;
+pub mod run;
+pub mod shim;
+pub mod train;
