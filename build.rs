@@ -11,6 +11,11 @@ fn main() {
     if !include.join("ATen/ATen.h").exists() {
         panic!("LIBTORCH={} has no include/ATen/ATen.h: run scripts/setup-libtorch.sh or point LIBTORCH at a torch 2.11.0 install", libtorch.display());
     }
+    // Let the binary find (and, for CUDA, dlopen) the libtorch it was built against, wherever
+    // LIBTORCH points; .cargo/config.toml adds repo-relative rpaths for ./libtorch as well.
+    let lib = libtorch.join("lib");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-env=SADAJEM_LIBTORCH_LIB={}", lib.display());
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)

@@ -21,7 +21,7 @@ fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let threads = sadajem::engine::set_threads(0);
+    let threads = sadajem::engine::init(0);
     // (channels, side) of every activation in a WRN-16-4 forward (2 per block + head).
     let mut shapes = vec![];
     for (w, s, blocks) in [(64, 32, 2), (128, 16, 2), (256, 8, 2)] {

@@ -15,6 +15,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         s => bail!("device `{s}`: expected `cpu`, `cuda` or `cuda:N`"),
     };
     if let Device::Cuda(i) = device {
+        load_cuda_backend()?;
         let n = tch::Cuda::device_count();
         if (i as i64) >= n {
             bail!(
@@ -26,11 +27,49 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(device)
 }
 
-/// libtorch's intra-op threads: `0` means one per core.
-pub fn set_threads(threads: usize) -> usize {
+/// Loads libtorch's CUDA library. Rust links with `--as-needed`, so nothing pulls
+/// `libtorch_cuda.so` in at start-up, and without it libtorch sees no GPU. Loading it on demand
+/// keeps the CPU-only install (whose CUDA library lacks cuBLAS/cuDNN) working.
+fn load_cuda_backend() -> Result<()> {
+    let built_against = std::path::Path::new(env!("SADAJEM_LIBTORCH_LIB")).join("libtorch_cuda.so");
+    let mut errors = vec![];
+    for candidate in [built_against.to_string_lossy().into_owned(), "libtorch_cuda.so".to_string()] {
+        let name = std::ffi::CString::new(candidate.clone()).expect("no NUL in a path");
+        // SAFETY: dlopen with a valid C string; the handle is kept for the process's life.
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if !handle.is_null() {
+            return Ok(());
+        }
+        // SAFETY: dlerror returns a C string describing the last dlopen failure.
+        let err = unsafe { std::ffi::CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
+        errors.push(format!("{candidate}: {err}"));
+    }
+    bail!(
+        "a CUDA device was asked for, but libtorch's CUDA library could not be loaded ({}); \
+         build against a CUDA install of torch 2.11.0 (README, \"GPU\")",
+        errors.join("; ")
+    )
+}
+
+/// Sets up libtorch for this process: intra-op threads (`0` = one per core) and the allocator.
+/// Returns the thread count.
+pub fn init(threads: usize) -> usize {
+    keep_freed_memory();
     let n = if threads == 0 { available_cores() } else { threads };
     tch::set_num_threads(n as i32);
     n
+}
+
+/// glibc hands every block over its mmap threshold straight back to the kernel when freed, so a
+/// training step that allocates and frees the same activations each iteration pays page faults
+/// for all of them: measured 30 % of wall time on the softmax demo (docs/performance.md). Raising
+/// the thresholds keeps those blocks in the heap for reuse.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum on 64-bit
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
 
 pub fn available_cores() -> usize {
@@ -41,4 +80,27 @@ pub fn available_cores() -> usize {
 /// augmentation) have their own seeded RNGs.
 pub fn seed_torch(seed: u64) {
     tch::manual_seed(seed as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_are_checked() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        for bad in ["gpu", "cuda:x", "CPU"] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("cuda:N"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_absent_gpu_is_a_clear_error() {
+        // On a machine with a GPU and a CUDA libtorch this succeeds; then there is nothing to test.
+        if let Err(e) = parse_device("cuda:7") {
+            let e = e.to_string();
+            assert!(e.contains("cuda") && (e.contains("CUDA library") || e.contains("CUDA device(s)")), "{e}");
+        }
+    }
 }

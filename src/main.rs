@@ -87,7 +87,7 @@ fn run() -> Result<()> {
                     (cfg, run, false)
                 }
             };
-            let threads = engine::set_threads(cli.threads.unwrap_or(cfg.train.threads));
+            let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
             println!(
                 "training {} (recipe {:?}, WRN-{}-{}) on {} with {threads} thread(s) → {}",
                 cfg.data.dir.display(),
@@ -108,7 +108,7 @@ fn run() -> Result<()> {
             );
         }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => {
-            engine::set_threads(cli.threads.unwrap_or(0));
+            engine::init(cli.threads.unwrap_or(0));
             let format = match format {
                 Some(f) => f.parse()?,
                 None => data::detect_format(&path)?,

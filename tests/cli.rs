@@ -15,10 +15,12 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// A small but real softmax run: WRN-10-1 on 3000 Fashion-MNIST images.
+/// A small but real softmax run: WRN-10-1 on 5,500 Fashion-MNIST images (39 batches an epoch).
 const TINY: &[&str] = &[
+    "--set", "model.depth=10",
     "--set", "model.widen=1",
-    "--set", "data.max_train=3000",
+    "--set", "optim.lr=0.05",
+    "--set", "data.max_train=5500",
     "--set", "data.max_test=1000",
     "--set", "data.n_valid=500",
     "--set", "optim.warmup_iters=10",
@@ -63,25 +65,25 @@ fn data_info_on_a_missing_directory_says_so() {
 fn softmax_training_writes_a_complete_run_directory_and_learns() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let o = train(&run, &["--set", "train.epochs=2"]);
+    let o = train(&run, &["--set", "train.epochs=3"]);
     assert!(o.status.success(), "{}", text(&o));
     for f in ["config.toml", "metrics.jsonl", "checkpoints/latest.safetensors", "checkpoints/best.safetensors", "final.json"] {
         assert!(run.join(f).exists(), "missing {f}");
     }
     let fin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("final.json")).unwrap()).unwrap();
     let acc = fin["test_accuracy"].as_f64().unwrap();
-    // 2 epochs on 2,500 images: far above chance (10 %), well short of the full demo's 90 %.
-    assert!(acc > 0.6, "test accuracy {acc}");
-    assert_eq!(fin["iterations"], 2 * (2500 / 128));
+    // 3 epochs on 5,000 images (measured: 69 %): far above chance (10 %), short of the demo's 91 %.
+    assert!(acc > 0.5, "test accuracy {acc}");
+    assert_eq!(fin["iterations"], 3 * (5000 / 128));
     let m = metrics(&run);
     let train_lines: Vec<_> = m.iter().filter(|r| r["kind"] == "train").collect();
     for key in ["loss", "ce", "acc", "lr", "img_per_s", "iter", "epoch"] {
         assert!(train_lines[0].get(key).is_some(), "metrics lack {key}");
     }
-    assert_eq!(m.iter().filter(|r| r["kind"] == "valid").count(), 2);
+    assert_eq!(m.iter().filter(|r| r["kind"] == "valid").count(), 3);
     // The saved config is complete: it names every section.
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    assert!(cfg.contains("[model]") && cfg.contains("widen = 1") && cfg.contains("max_train = 3000"));
+    assert!(cfg.contains("[model]") && cfg.contains("widen = 1") && cfg.contains("max_train = 5500"));
     // A second run into the same directory is refused.
     let again = train(&run, &[]);
     assert!(!again.status.success() && text(&again).contains("--resume"));
@@ -105,11 +107,12 @@ fn a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill (SIGKILL) once it has passed its third mid-epoch checkpoint but not finished.
+    // Kill (SIGKILL) in the second epoch, after the checkpoint at iteration 42 (the epoch ended
+    // at 39), so the resume starts mid-epoch and the lines logged since are replayed.
     loop {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let done = std::fs::read_to_string(killed.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
-        if done >= 23 {
+        if done >= 45 {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
