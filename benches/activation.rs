@@ -41,7 +41,7 @@ fn main() {
     let run = |act: &dyn Fn(&Tensor) -> Tensor| {
         for x in &inputs {
             let y = act(x);
-            let g = Tensor::autograd::grad(&[y.sum(None)], &[x], false, false);
+            let g = Tensor::run_backward(&[y.sum(None)], &[x], false, false);
             drop(g);
         }
     };
