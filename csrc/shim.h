@@ -18,6 +18,11 @@ const char *sj_last_error(void);
 // LeakyReLU with an explicit negative slope, differentiable (ATen's own kernel and backward).
 int sj_leaky_relu(void *x, double slope, void **out);
 
+// The state of libtorch's default random generator of a device (cuda_index < 0: the CPU), as a
+// uint8 tensor, and its restoration: what makes a resumed run draw the same random numbers.
+int sj_rng_get_state(int cuda_index, void **out);
+int sj_rng_set_state(int cuda_index, void *state);
+
 #ifdef __cplusplus
 }
 #endif

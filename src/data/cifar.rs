@@ -177,13 +177,8 @@ fn read_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::testdata::fixture;
     use std::fs;
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
 
     /// `(index, label, path)` of each sample PNG the fixtures were made from, from names like
     /// `cifar10_07_6.png`. Empty where the shared samples are absent (a checkout elsewhere); the

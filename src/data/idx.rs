@@ -219,6 +219,7 @@ fn describe(dims: &[usize], data_len: u64, header_len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::testdata::bundled;
     use crate::data::stats;
     use flate2::write::GzEncoder;
     use flate2::Compression;
@@ -226,12 +227,6 @@ mod tests {
     use std::io::Write;
     use std::path::PathBuf;
     use std::time::Instant;
-
-    fn bundled(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("data")
-            .join(name)
-    }
 
     fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
         let mut out = magic.to_be_bytes().to_vec();

@@ -281,21 +281,26 @@ fn find_file(dir: &Path, names: &[&str]) -> Result<PathBuf, DataError> {
         })
 }
 
+/// Where the readers' tests find the bundled data sets and the committed fixtures.
+#[cfg(test)]
+pub(crate) mod testdata {
+    use std::path::{Path, PathBuf};
+
+    /// A data set bundled in `data/` (e.g. `mnist`).
+    pub fn bundled(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(name)
+    }
+
+    /// A file or folder under `tests/fixtures/`.
+    pub fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testdata::{bundled, fixture};
     use super::*;
-
-    fn bundled(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("data")
-            .join(name)
-    }
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
 
     #[test]
     fn detects_each_format() {
