@@ -2,7 +2,7 @@
 //! sections it reads), not code forks: this is the only place that branches on them.
 use crate::config::Recipe;
 use crate::model::{Mode, Wrn};
-use crate::optim::Sgd;
+use crate::optim::{Base, Sgd};
 use std::collections::BTreeMap;
 use tch::Tensor;
 
@@ -18,9 +18,9 @@ pub type StepStats = BTreeMap<&'static str, f64>;
 /// The network and its optimiser: what every recipe updates.
 pub struct Learner {
     pub net: Wrn,
-    /// Trainable parameters, sorted by name (the optimiser's buffers follow this order).
+    /// Trainable parameters, sorted by name (the optimiser's state follows this order).
     pub params: Vec<Tensor>,
-    pub opt: Sgd,
+    pub opt: Base,
 }
 
 pub fn step(recipe: Recipe, learner: &mut Learner, batch: &Batch, lr: f64) -> StepStats {
@@ -54,7 +54,7 @@ mod tests {
         let net = Wrn::new(&vs.root(), &cfg, 1, 10);
         let params = vs.trainable_variables();
         let n = params.len();
-        let mut learner = Learner { net, params, opt: Sgd::new(0.9, 0.0, n) };
+        let mut learner = Learner { net, params, opt: Base::Sgd(Sgd::new(0.9, 0.0, n)) };
         let batch = Batch { x: Tensor::randn([16, 1, 28, 28], (Kind::Float, Device::Cpu)), y: Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10) };
         let first = step(Recipe::Softmax, &mut learner, &batch, 0.1)["loss"];
         let mut last = first;

@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::data::{self, augment, augment::Augment, loader, loader::BatchStream, FolderOptions, ImageSet, Split};
 use crate::eval::{self, accuracy};
 use crate::model::Wrn;
-use crate::optim::{schedule, Sgd};
+use crate::optim::{schedule, Base};
 use crate::run::RunDir;
 use crate::train::checkpoint;
 use crate::train::recipe::{self, Batch, Learner, StepStats};
@@ -93,9 +93,8 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
 
     let vs = nn::VarStore::new(device);
     let net = Wrn::new(&vs.root(), &cfg.model, train_set.channels as i64, train_set.num_classes as i64);
-    let names_params = named_params(&vs);
-    let params: Vec<Tensor> = names_params.iter().map(|(_, t)| t.shallow_clone()).collect();
-    let opt = Sgd::new(cfg.optim.momentum, cfg.optim.weight_decay, params.len());
+    let (names, params): (Vec<String>, Vec<Tensor>) = named_params(&vs).into_iter().unzip();
+    let opt = Base::from_config(&cfg.optim, params.len());
     let mut learner = Learner { net, params, opt };
 
     let mut state = TrainState {
@@ -110,9 +109,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
     if resume {
         let (tensors, saved): (_, TrainState) = checkpoint::load(&run.latest())?;
         checkpoint::load_model(&vs, &tensors, "model.", &run.latest())?;
-        for ((name, _), buf) in names_params.iter().zip(learner.opt.buffers.iter_mut()) {
-            *buf = tensors.get(&format!("optim.momentum.{name}")).map(|t| t.to_device(device));
-        }
+        learner.opt.load_state(&tensors, &names, device).with_context(|| format!("{}", run.latest().display()))?;
         state = saved;
         run.truncate_metrics_after(state.iter)?;
         println!("resuming {} at epoch {}, iteration {}", run.root.display(), state.epoch + 1, state.iter);
@@ -123,11 +120,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
 
     let save = |path: &std::path::Path, learner: &Learner, state: &TrainState| -> Result<()> {
         let mut tensors = checkpoint::model_tensors(&vs, "model.");
-        for ((name, _), buf) in names_params.iter().zip(&learner.opt.buffers) {
-            if let Some(b) = buf {
-                tensors.push((format!("optim.momentum.{name}"), b.shallow_clone()));
-            }
-        }
+        tensors.extend(learner.opt.state_tensors(&names));
         checkpoint::save(path, &tensors, state)
     };
 
