@@ -1,10 +1,12 @@
-//! The optimisers: a base (SGD or Adam, written out so their state can be checkpointed) and
-//! the learning-rate schedule.
+//! The optimisers: a base (SGD or Adam, written out so their state can be checkpointed), SAM /
+//! ASAM around it, and the learning-rate schedule.
 pub mod adam;
+pub mod sam;
 pub mod schedule;
 pub mod sgd;
 
 pub use adam::Adam;
+pub use sam::Sam;
 pub use sgd::Sgd;
 
 use crate::config::{OptimConfig, Optimizer};

@@ -79,6 +79,10 @@ fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// Trains the run in `run` (fresh, or resumed from its latest checkpoint).
 pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
     let device = engine::parse_device(&cfg.train.device)?;
+    // Until recipe.rs takes the SAM steps, refuse rather than silently train without them.
+    if cfg.optim.sam_rho > 0.0 {
+        bail!("optim.sam_rho = {}: SAM is not wired into the training step yet; set optim.sam_rho = 0", cfg.optim.sam_rho);
+    }
     engine::seed_torch(cfg.train.seed);
     let train_set = load_split(cfg, Split::Train)?;
     let test_set = load_split(cfg, Split::Test)?;
