@@ -141,8 +141,11 @@ mod tests {
             let resumed = fresh_params();
             let mut opt = Base::from_config(&cfg, 2);
             run_steps(&mut opt, &resumed, 3);
-            let saved: HashMap<String, Tensor> =
-                opt.state_tensors(&names).into_iter().map(|(n, t)| (n, t.copy())).collect();
+            // Through a checkpoint file, so the int64 scalar step count makes the trip too.
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("ck.safetensors");
+            crate::train::checkpoint::save(&file, &opt.state_tensors(&names), &()).unwrap();
+            let (saved, ()): (HashMap<String, Tensor>, ()) = crate::train::checkpoint::load(&file).unwrap();
             let expected: &[&str] = match optimizer {
                 Optimizer::Sgd => &["optim.momentum.a"],
                 Optimizer::Adam => &["optim.adam_m.a", "optim.adam_step.a", "optim.adam_v.a"],
