@@ -1,0 +1,2 @@
+//! SGLD sampling (method.md §3); [`init`]: where the chains start.
+pub mod init;
