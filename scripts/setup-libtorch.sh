@@ -13,7 +13,7 @@ stamp="$dest/.installed-torch-2.11.0"
 echo "setup: installing libtorch 2.11.0 (CPU, ~0.5 GB download) into $dest" >&2
 partial="$dest.partial"
 rm -rf "$partial"
-python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$partial" \
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$partial" \
   torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
 test -f "$partial/torch/include/ATen/ATen.h" || { echo "setup: the torch wheel has no C++ headers" >&2; exit 1; }
 rm -rf "$dest"

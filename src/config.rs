@@ -30,11 +30,66 @@ pub enum NormKind {
     Batch,
 }
 
+/// The paper's method a run reproduces. Only `softmax` changes the step (no likelihood term);
+/// `jem`, `jempp` and `sadajem` run the same joint step, and differ by the `[sampler]`,
+/// `[loss]` and `optim.sam_*` settings their presets give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Recipe {
     /// Plain cross-entropy classifier, the baseline of every table.
     Softmax,
+    Jem,
+    Jempp,
+    Sadajem,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// JEM: x ← x + α·∇ + σ·ε, unclipped.
+    Sgld,
+    /// SADA-JEM: x ← clamp(x + α·clamp(∇, −1, 1) + σ·ε, −1, 1).
+    Clipped,
+    /// JEM++: `steps` outer gradients, each followed by `inner_steps` clipped steps of
+    /// `inner_step_size`.
+    Pyld,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitKind {
+    Uniform,
+    /// Per-class Gaussians fitted to the un-augmented training images (JEM++).
+    Informative,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CovarianceKind {
+    Full,
+    /// Top-`rank` directions + per-pixel variance: for many classes (CIFAR-100).
+    Lowrank,
+}
+
+/// The network's mode while SGLD runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// Batch statistics, and the running statistics are updated by every SGLD forward: what
+    /// the SADA-JEM / JEM++ reference code does.
+    Train,
+    /// Running statistics (JEM's reference).
+    Eval,
+}
+
+/// Where the likelihood term's data batch comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PxData {
+    /// Its own un-augmented, noise-free stream of `loss.px_batch_size` (SADA-JEM).
+    Clean,
+    /// The classification batch itself, augmented and noised (JEM, JEM++).
+    Shared,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -173,6 +228,13 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Iterations between mid-epoch checkpoints (0 = only at epoch ends).
     pub checkpoint_every: usize,
+    /// Iterations between sample grids of the replay buffer (0 = only at the end).
+    pub sample_every: usize,
+    /// On divergence: how many times to roll back to the last checkpoint before giving up ...
+    pub max_rollbacks: usize,
+    /// ... and the factor applied to the learning rate at each rollback (the sampler's random
+    /// stream also moves on, so the chains differ).
+    pub rollback_lr_factor: f64,
 }
 
 impl Default for TrainConfig {
@@ -185,7 +247,75 @@ impl Default for TrainConfig {
             threads: 0,
             log_every: 50,
             checkpoint_every: 0,
+            sample_every: 0,
+            max_rollbacks: 3,
+            rollback_lr_factor: 0.5,
         }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    pub kind: SamplerKind,
+    /// SGLD steps per iteration (PYLD: outer steps M).
+    pub steps: usize,
+    pub step_size: f64,
+    /// σ of the Gaussian noise added at every step.
+    pub noise: f64,
+    /// PYLD only: inner steps N per outer step, and their size.
+    pub inner_steps: usize,
+    pub inner_step_size: f64,
+    pub net_mode: NetMode,
+    /// Chains run per iteration.
+    pub batch_size: usize,
+    pub buffer_size: usize,
+    /// Probability that a drawn buffer entry restarts from the init.
+    pub reinit_freq: f64,
+    pub init: InitKind,
+    pub covariance: CovarianceKind,
+    /// Low-rank covariance only: directions kept per class.
+    pub rank: usize,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            kind: SamplerKind::Clipped,
+            steps: 5,
+            step_size: 1.0,
+            noise: 0.0,
+            inner_steps: 5,
+            inner_step_size: 0.2,
+            net_mode: NetMode::Train,
+            batch_size: 64,
+            buffer_size: 10_000,
+            reinit_freq: 0.05,
+            init: InitKind::Informative,
+            covariance: CovarianceKind::Full,
+            rank: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// L = w_px·L_px + w_ce·L_ce (method.md §2).
+    pub w_ce: f64,
+    pub w_px: f64,
+    /// Weight of the optional l2·(LSE(x_data)² + LSE(x_sample)²) penalty.
+    pub l2: f64,
+    pub px_data: PxData,
+    /// Batch of the clean likelihood stream (`px_data = "clean"`).
+    pub px_batch_size: usize,
+    /// |L_px| above this means the model has diverged (reference: 1e5 SADA-JEM, 1e8 JEM/JEM++).
+    pub diverge_at: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig { w_ce: 1.0, w_px: 1.0, l2: 0.0, px_data: PxData::Clean, px_batch_size: 64, diverge_at: 1e5 }
     }
 }
 
@@ -195,6 +325,8 @@ pub struct Config {
     pub model: ModelConfig,
     pub data: DataConfig,
     pub optim: OptimConfig,
+    pub sampler: SamplerConfig,
+    pub loss: LossConfig,
     pub train: TrainConfig,
 }
 
@@ -203,6 +335,14 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("softmax-fashion", include_str!("../configs/softmax-fashion.toml")),
     ("softmax-mnist", include_str!("../configs/softmax-mnist.toml")),
     ("softmax-cifar10", include_str!("../configs/softmax-cifar10.toml")),
+    ("sadajem-fashion", include_str!("../configs/sadajem-fashion.toml")),
+    ("jem-fashion", include_str!("../configs/jem-fashion.toml")),
+    ("jempp-fashion", include_str!("../configs/jempp-fashion.toml")),
+    ("sadajem-cifar10", include_str!("../configs/sadajem-cifar10.toml")),
+    ("sadajem-cifar100", include_str!("../configs/sadajem-cifar100.toml")),
+    ("sadajem-svhn", include_str!("../configs/sadajem-svhn.toml")),
+    ("jem-cifar10", include_str!("../configs/jem-cifar10.toml")),
+    ("jempp-cifar10", include_str!("../configs/jempp-cifar10.toml")),
 ];
 
 pub fn preset_names() -> Vec<&'static str> {
@@ -294,6 +434,19 @@ impl Config {
         check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
         check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
         check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
+        check(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor", t.rollback_lr_factor, "expected a factor in (0, 1]")?;
+        let (sm, l) = (&self.sampler, &self.loss);
+        check(sm.steps >= 1, "sampler.steps", sm.steps, "expected ≥ 1")?;
+        check(sm.step_size >= 0.0, "sampler.step_size", sm.step_size, "expected ≥ 0")?;
+        check(sm.noise >= 0.0, "sampler.noise", sm.noise, "expected ≥ 0")?;
+        check(sm.batch_size >= 1, "sampler.batch_size", sm.batch_size, "expected ≥ 1")?;
+        check(sm.buffer_size >= sm.batch_size, "sampler.buffer_size", sm.buffer_size, "expected ≥ sampler.batch_size")?;
+        check((0.0..=1.0).contains(&sm.reinit_freq), "sampler.reinit_freq", sm.reinit_freq, "expected a probability in [0, 1]")?;
+        check(sm.rank >= 1, "sampler.rank", sm.rank, "expected ≥ 1")?;
+        check(l.w_ce >= 0.0 && l.w_px >= 0.0, "loss.w_ce / loss.w_px", format!("{} / {}", l.w_ce, l.w_px), "expected weights ≥ 0")?;
+        check(l.l2 >= 0.0, "loss.l2", l.l2, "expected ≥ 0")?;
+        check(l.px_batch_size >= 1, "loss.px_batch_size", l.px_batch_size, "expected ≥ 1")?;
+        check(l.diverge_at > 0.0, "loss.diverge_at", l.diverge_at, "expected > 0")?;
         Ok(())
     }
 }

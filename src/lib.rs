@@ -8,7 +8,9 @@
 //! - [`shim`]: the Rust side of `csrc/shim.cpp` (what tch lacks, e.g. LeakyReLU's slope).
 //! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; augmentation; loaders.
 //! - [`model`]: the Wide-ResNet ([`model::wrn`]) and its energy view ([`model::energy`]).
-//! - [`sampler`]: SGLD's starting points, uniform or one Gaussian per class ([`sampler::init`]).
+//! - [`sampler`]: SGLD — starting points ([`sampler::init`]), the replay buffer
+//!   ([`sampler::buffer`]), the JEM / SADA-JEM / JEM++ step rules ([`sampler::sgld`]).
+//! - [`report`]: sample grids (PNG).
 //! - [`optim`]: SGD with momentum and coupled weight decay; the learning-rate schedule.
 //! - [`train`]: one iteration per recipe ([`train::recipe`]), the loop ([`train::trainer`]),
 //!   atomic checkpoints ([`train::checkpoint`]).
@@ -20,6 +22,7 @@ pub mod engine;
 pub mod eval;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod run;
 pub mod sampler;
 pub mod shim;

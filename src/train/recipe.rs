@@ -1,8 +1,17 @@
-//! One training iteration of each recipe. Recipes are settings (`train.recipe` and the
-//! sections it reads), not code forks: this is the only place that branches on them.
-use crate::config::Recipe;
-use crate::model::{Mode, Wrn};
-use crate::optim::{Base, Sgd};
+//! One training iteration. Recipes are settings (method.md): `softmax` trains on the
+//! classification term alone; `jem`, `jempp` and `sadajem` add the likelihood term, and differ
+//! only by the sampler, likelihood-data and SAM settings their presets give.
+//!
+//! The joint iteration:
+//! 1. draw chain starts from the replay buffer, run the sampler, write the chains back;
+//! 2. L = w_ce·CE(f(x_lab), y) + w_px·(−(mean LSE f(x_data) − mean LSE f(x_sample)))
+//!    [+ l2·mean(LSE(x_data)² + LSE(x_sample)²)];
+//! 3. with SAM: gradient at w, step to w + e, gradient again at w + e on the same batches and
+//!    samples with batch-norm statistics frozen, back to w; then the base optimiser step.
+use crate::config::{Config, NetMode, Recipe};
+use crate::model::{energy, Mode, Wrn};
+use crate::optim::{sam::Sam, Base, Sgd};
+use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
 use std::collections::BTreeMap;
 use tch::Tensor;
 
@@ -12,7 +21,8 @@ pub struct Batch {
     pub y: Tensor,
 }
 
-/// What an iteration reports: each loss term and accuracy on the batch, by name.
+/// What an iteration reports: each loss term, the mean LSE of data and samples, and batch
+/// accuracy, by name.
 pub type StepStats = BTreeMap<&'static str, f64>;
 
 /// The network and its optimiser: what every recipe updates.
@@ -21,46 +31,172 @@ pub struct Learner {
     /// Trainable parameters, sorted by name (the optimiser's state follows this order).
     pub params: Vec<Tensor>,
     pub opt: Base,
+    pub sam: Option<Sam>,
 }
 
-pub fn step(recipe: Recipe, learner: &mut Learner, batch: &Batch, lr: f64) -> StepStats {
-    match recipe {
-        Recipe::Softmax => softmax_step(learner, batch, lr),
-    }
+/// The sampler's persistent state: the replay buffer and what restarts its chains.
+pub struct Chains {
+    pub buffer: ReplayBuffer,
+    pub init: Init,
 }
 
-/// L = CE(f(x), y) on the (augmented) labelled batch.
-fn softmax_step(learner: &mut Learner, batch: &Batch, lr: f64) -> StepStats {
+/// The iteration was not applied: the likelihood term blew up (method.md §2) or a loss is not
+/// finite. The model is as it was before the iteration.
+#[derive(Debug)]
+pub struct Diverged {
+    pub what: String,
+}
+
+/// One iteration. `x_data` is the likelihood term's data batch (ignored by `softmax`);
+/// `chains` must be present for the joint recipes.
+pub fn step(
+    cfg: &Config,
+    learner: &mut Learner,
+    chains: Option<&mut Chains>,
+    lab: &Batch,
+    x_data: &Tensor,
+    lr: f64,
+) -> Result<StepStats, Diverged> {
+    let x_sample = match (cfg.train.recipe, chains) {
+        (Recipe::Softmax, _) => None,
+        (_, None) => panic!("the joint recipes need the sampler's chains"),
+        (_, Some(chains)) => {
+            let mode = match cfg.sampler.net_mode {
+                NetMode::Train => Mode::Train,
+                NetMode::Eval => Mode::Eval,
+            };
+            let draw = chains.buffer.draw(cfg.sampler.batch_size as i64, &chains.init);
+            let x = sgld::run(&learner.net, &draw.x0, &cfg.sampler, mode, None);
+            chains.buffer.write(&draw.index, &x);
+            Some(x)
+        }
+    };
+    let px = x_sample.as_ref().map(|s| (x_data, s));
+
     Sgd::zero_grad(&learner.params);
-    let logits = learner.net.forward(&batch.x, Mode::Train);
-    let ce = logits.cross_entropy_for_logits(&batch.y);
-    ce.backward();
+    let (loss, stats) = joint_loss(cfg, &learner.net, lab, px, Mode::Train)?;
+    loss.backward();
+    if let Some(sam) = &learner.sam {
+        let e = sam.ascend(&learner.params);
+        Sgd::zero_grad(&learner.params);
+        let (loss_at_e, _) = joint_loss(cfg, &learner.net, lab, px, Mode::TrainFrozenStats).inspect_err(|_| {
+            Sam::descend(&learner.params, &e);
+        })?;
+        loss_at_e.backward();
+        Sam::descend(&learner.params, &e);
+    }
     learner.opt.step(&learner.params, lr);
-    let acc = logits.argmax(1, false).eq_tensor(&batch.y).to_kind(tch::Kind::Float).mean(None);
-    BTreeMap::from([("loss", ce.double_value(&[])), ("ce", ce.double_value(&[])), ("acc", acc.double_value(&[]))])
+    Ok(stats)
+}
+
+/// The total loss and its reported terms. `px` = (data batch, detached samples).
+fn joint_loss(
+    cfg: &Config,
+    net: &Wrn,
+    lab: &Batch,
+    px: Option<(&Tensor, &Tensor)>,
+    mode: Mode,
+) -> Result<(Tensor, StepStats), Diverged> {
+    let w = &cfg.loss;
+    let logits = net.forward(&lab.x, mode);
+    let ce = logits.cross_entropy_for_logits(&lab.y);
+    let acc = logits.argmax(1, false).eq_tensor(&lab.y).to_kind(tch::Kind::Float).mean(None);
+    let mut stats = BTreeMap::from([("ce", ce.double_value(&[])), ("acc", acc.double_value(&[]))]);
+    let mut loss = &ce * w.w_ce;
+    if let Some((x_data, x_sample)) = px {
+        let lse_data = energy::lse(&net.forward(x_data, mode));
+        let lse_sample = energy::lse(&net.forward(x_sample, mode));
+        let l_px = -(lse_data.mean(None) - lse_sample.mean(None));
+        let l_px_value = l_px.double_value(&[]);
+        stats.insert("l_px", l_px_value);
+        stats.insert("lse_data", lse_data.mean(None).double_value(&[]));
+        stats.insert("lse_sample", lse_sample.mean(None).double_value(&[]));
+        if !l_px_value.is_finite() || l_px_value.abs() > w.diverge_at {
+            return Err(Diverged { what: format!("|L_px| = {l_px_value:.4e} exceeds loss.diverge_at = {:e}", w.diverge_at) });
+        }
+        loss = loss + l_px * w.w_px;
+        if w.l2 > 0.0 {
+            let penalty = (lse_data.square() + lse_sample.square()).mean(None) * w.l2;
+            stats.insert("l2", penalty.double_value(&[]));
+            loss = loss + penalty;
+        }
+    }
+    let total = loss.double_value(&[]);
+    if !total.is_finite() {
+        return Err(Diverged { what: format!("the loss is {total}") });
+    }
+    stats.insert("loss", total);
+    Ok((loss, stats))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
+    use crate::config::{ModelConfig, SamplerConfig};
     use tch::{nn, Device, Kind};
+
+    fn tiny(recipe: Recipe, sam_rho: f64) -> (Config, nn::VarStore, Learner, Chains) {
+        let mut cfg = Config::default();
+        cfg.model = ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() };
+        cfg.train.recipe = recipe;
+        cfg.sampler = SamplerConfig { batch_size: 8, steps: 2, ..SamplerConfig::default() };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Wrn::new(&vs.root(), &cfg.model, 1, 10);
+        let params = vs.trainable_variables();
+        let n = params.len();
+        let sam = (sam_rho > 0.0).then_some(Sam { rho: sam_rho, adaptive: true });
+        let learner = Learner { net, params, opt: Base::Sgd(Sgd::new(0.9, 5e-4, n)), sam };
+        let init = Init::Uniform { shape: [1, 28, 28] };
+        let buffer = ReplayBuffer::new(32, &init, 10, 0.05, Device::Cpu);
+        (cfg, vs, learner, Chains { buffer, init })
+    }
+
+    fn batch() -> (Batch, Tensor) {
+        let x = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let y = Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10);
+        let x_data = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        (Batch { x, y }, x_data)
+    }
 
     #[test]
     fn softmax_steps_lower_the_loss_on_a_fixed_batch() {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() };
-        let net = Wrn::new(&vs.root(), &cfg, 1, 10);
-        let params = vs.trainable_variables();
-        let n = params.len();
-        let mut learner = Learner { net, params, opt: Base::Sgd(Sgd::new(0.9, 0.0, n)) };
-        let batch = Batch { x: Tensor::randn([16, 1, 28, 28], (Kind::Float, Device::Cpu)), y: Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10) };
-        let first = step(Recipe::Softmax, &mut learner, &batch, 0.1)["loss"];
+        let (cfg, _vs, mut learner, _) = tiny(Recipe::Softmax, 0.0);
+        let (lab, x_data) = batch();
+        let first = step(&cfg, &mut learner, None, &lab, &x_data, 0.1).unwrap()["loss"];
         let mut last = first;
         for _ in 0..30 {
-            last = step(Recipe::Softmax, &mut learner, &batch, 0.1)["loss"];
+            last = step(&cfg, &mut learner, None, &lab, &x_data, 0.1).unwrap()["loss"];
         }
         assert!(first > 2.0 && last < 0.5 * first, "{first} → {last}");
+    }
+
+    #[test]
+    fn every_joint_recipe_runs_an_iteration_and_reports_its_terms() {
+        for (recipe, rho) in [(Recipe::Jem, 0.0), (Recipe::Jempp, 0.0), (Recipe::Sadajem, 2.0)] {
+            let (cfg, vs, mut learner, mut chains) = tiny(recipe, rho);
+            let (lab, x_data) = batch();
+            let before = chains.buffer.images.copy();
+            let w_before: Vec<Tensor> = vs.trainable_variables().iter().map(|t| t.copy()).collect();
+            let stats = step(&cfg, &mut learner, Some(&mut chains), &lab, &x_data, 0.01).unwrap();
+            for key in ["loss", "ce", "acc", "l_px", "lse_data", "lse_sample"] {
+                assert!(stats[key].is_finite(), "{recipe:?}: {key}");
+            }
+            let expected = stats["ce"] + stats["l_px"];
+            assert!((stats["loss"] - expected).abs() < 1e-4, "{recipe:?}: loss is w_ce·ce + w_px·l_px");
+            assert!(!chains.buffer.images.equal(&before), "{recipe:?}: chains written back");
+            let moved = vs.trainable_variables().iter().zip(&w_before).any(|(a, b)| !a.equal(b));
+            assert!(moved, "{recipe:?}: parameters updated");
+        }
+    }
+
+    #[test]
+    fn a_blown_up_likelihood_term_is_reported_and_not_applied() {
+        let (mut cfg, vs, mut learner, mut chains) = tiny(Recipe::Sadajem, 0.0);
+        cfg.loss.diverge_at = 1e-9;
+        let (lab, x_data) = batch();
+        let w_before: Vec<Tensor> = vs.trainable_variables().iter().map(|t| t.copy()).collect();
+        let err = step(&cfg, &mut learner, Some(&mut chains), &lab, &x_data, 0.1).unwrap_err();
+        assert!(err.what.contains("diverge_at"), "{}", err.what);
+        assert!(vs.trainable_variables().iter().zip(&w_before).all(|(a, b)| a.equal(b)));
     }
 }

@@ -1,14 +1,17 @@
-//! The training loop: epochs of the classification stream, logging, validation, checkpoints,
-//! exact resume. It owns everything the user sees while training (progress bar, epoch lines).
-use crate::config::Config;
+//! The training loop: epochs of the classification stream, logging, validation, sample grids,
+//! checkpoints, exact resume and divergence rollback. It owns everything the user sees while
+//! training (progress bar, epoch lines).
+use crate::config::{Config, CovarianceKind, InitKind, PxData, Recipe};
 use crate::data::{self, augment, augment::Augment, loader, loader::BatchStream, FolderOptions, ImageSet, Split};
 use crate::eval::{self, accuracy};
 use crate::model::Wrn;
-use crate::optim::{schedule, Base};
+use crate::optim::{sam::Sam, schedule, Base};
+use crate::report::grid;
 use crate::run::RunDir;
+use crate::sampler::{buffer::ReplayBuffer, init};
 use crate::train::checkpoint;
-use crate::train::recipe::{self, Batch, Learner, StepStats};
-use crate::engine;
+use crate::train::recipe::{self, Batch, Chains, Diverged, Learner, StepStats};
+use crate::{engine, shim};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -17,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Instant;
-use tch::{nn, Tensor};
+use std::path::Path;
+use tch::{nn, Device, Tensor};
 
 /// The validation split is drawn with a fixed seed, so runs with different training seeds are
 /// selected on the same held-out images.
@@ -31,11 +35,16 @@ pub struct TrainState {
     /// Epochs completed.
     pub epoch: usize,
     pub stream: loader::StreamState,
+    /// The likelihood term's clean stream (`loss.px_data = "clean"` joint recipes).
+    pub px_stream: Option<loader::StreamState>,
     pub augment_rng: ChaCha8Rng,
     pub best_valid_acc: f64,
     pub best_epoch: Option<usize>,
     /// Training wall time so far, over all resumes.
     pub train_seconds: f64,
+    /// Divergence rollbacks so far, and the learning-rate factor they left.
+    pub rollbacks: usize,
+    pub lr_scale: f64,
 }
 
 /// Independent seeds per purpose from the one `train.seed`.
@@ -72,6 +81,56 @@ pub struct Summary {
     pub train_seconds: f64,
 }
 
+/// Everything that changes while training, and how it is saved and restored.
+struct Session<'a> {
+    cfg: &'a Config,
+    device: Device,
+    vs: nn::VarStore,
+    /// Names of `learner.params`, in the same order.
+    names: Vec<String>,
+    learner: Learner,
+    chains: Option<Chains>,
+    stream: BatchStream,
+    px_stream: Option<BatchStream>,
+    train_idx: Vec<usize>,
+    state: TrainState,
+}
+
+impl Session<'_> {
+    fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = checkpoint::model_tensors(&self.vs, "model.");
+        tensors.extend(self.learner.opt.state_tensors(&self.names));
+        if let Some(chains) = &self.chains {
+            tensors.push(("sampler.buffer".into(), chains.buffer.images.shallow_clone()));
+        }
+        tensors.push(("rng.torch".into(), shim::rng_state(self.device)));
+        let mut state = self.state.clone();
+        state.stream = self.stream.state().clone();
+        state.px_stream = self.px_stream.as_ref().map(|s| s.state().clone());
+        checkpoint::save(path, &tensors, &state)
+    }
+
+    /// Puts everything back as it was when `path` was saved.
+    fn restore(&mut self, path: &Path) -> Result<()> {
+        let (tensors, state): (_, TrainState) = checkpoint::load(path)?;
+        checkpoint::load_model(&self.vs, &tensors, "model.", path)?;
+        self.learner.opt.load_state(&tensors, &self.names, self.device)?;
+        if let Some(chains) = &mut self.chains {
+            let buffer = tensors.get("sampler.buffer").with_context(|| format!("{}: no replay buffer", path.display()))?;
+            chains.buffer.images = buffer.to_device(self.device);
+        }
+        let rng = tensors.get("rng.torch").with_context(|| format!("{}: no generator state", path.display()))?;
+        shim::set_rng_state(self.device, rng)?;
+        let d = &self.cfg.data;
+        self.stream = BatchStream::restore(self.train_idx.clone(), d.batch_size, state.stream.clone());
+        if let (Some(px), Some(st)) = (&mut self.px_stream, &state.px_stream) {
+            *px = BatchStream::restore(self.train_idx.clone(), self.cfg.loss.px_batch_size, st.clone());
+        }
+        self.state = state;
+        Ok(())
+    }
+}
+
 fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     checkpoint::model_tensors(vs, "").into_iter().filter(|(_, t)| t.requires_grad()).collect()
 }
@@ -79,10 +138,6 @@ fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// Trains the run in `run` (fresh, or resumed from its latest checkpoint).
 pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
     let device = engine::parse_device(&cfg.train.device)?;
-    // Until recipe.rs takes the SAM steps, refuse rather than silently train without them.
-    if cfg.optim.sam_rho > 0.0 {
-        bail!("optim.sam_rho = {}: SAM is not wired into the training step yet; set optim.sam_rho = 0", cfg.optim.sam_rho);
-    }
     engine::seed_torch(cfg.train.seed);
     let train_set = load_split(cfg, Split::Train)?;
     let test_set = load_split(cfg, Split::Test)?;
@@ -94,106 +149,143 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
         );
     }
     let (train_idx, valid_idx) = loader::split_valid(train_set.n, d.n_valid, SPLIT_SEED);
+    let joint = cfg.train.recipe != Recipe::Softmax;
 
     let vs = nn::VarStore::new(device);
     let net = Wrn::new(&vs.root(), &cfg.model, train_set.channels as i64, train_set.num_classes as i64);
     let (names, params): (Vec<String>, Vec<Tensor>) = named_params(&vs).into_iter().unzip();
     let opt = Base::from_config(&cfg.optim, params.len());
-    let mut learner = Learner { net, params, opt };
+    let sam = (cfg.optim.sam_rho > 0.0).then_some(Sam { rho: cfg.optim.sam_rho, adaptive: cfg.optim.sam_adaptive });
+    let learner = Learner { net, params, opt, sam };
 
-    let mut state = TrainState {
+    let chains = if joint {
+        let s = &cfg.sampler;
+        let shape = [train_set.channels as i64, train_set.height as i64, train_set.width as i64];
+        let init = match s.init {
+            InitKind::Uniform => init::Init::Uniform { shape },
+            InitKind::Informative => {
+                let cov = match s.covariance {
+                    CovarianceKind::Full => init::Covariance::Full,
+                    CovarianceKind::Lowrank => init::Covariance::LowRank { rank: s.rank },
+                };
+                let cache = run.root.join("init.safetensors");
+                init::Init::Informative(init::informative_cached(&cache, &train_set, &train_idx, cov, device)?)
+            }
+        };
+        let buffer = ReplayBuffer::new(s.buffer_size as i64, &init, train_set.num_classes as i64, s.reinit_freq, device);
+        Some(Chains { buffer, init })
+    } else {
+        None
+    };
+    let px_stream = (joint && cfg.loss.px_data == PxData::Clean)
+        .then(|| BatchStream::new(train_idx.clone(), cfg.loss.px_batch_size, derive_seed(cfg.train.seed, 3)));
+    let stream = BatchStream::new(train_idx.clone(), d.batch_size, derive_seed(cfg.train.seed, 1));
+    let state = TrainState {
         iter: 0,
         epoch: 0,
-        stream: BatchStream::new(train_idx.clone(), d.batch_size, derive_seed(cfg.train.seed, 1)).state().clone(),
+        stream: stream.state().clone(),
+        px_stream: px_stream.as_ref().map(|s| s.state().clone()),
         augment_rng: ChaCha8Rng::seed_from_u64(derive_seed(cfg.train.seed, 2)),
         best_valid_acc: f64::NEG_INFINITY,
         best_epoch: None,
         train_seconds: 0.0,
+        rollbacks: 0,
+        lr_scale: 1.0,
     };
+    let mut s = Session { cfg, device, vs, names, learner, chains, stream, px_stream, train_idx, state };
     if resume {
-        let (tensors, saved): (_, TrainState) = checkpoint::load(&run.latest())?;
-        checkpoint::load_model(&vs, &tensors, "model.", &run.latest())?;
-        learner.opt.load_state(&tensors, &names, device).with_context(|| format!("{}", run.latest().display()))?;
-        state = saved;
-        run.truncate_metrics_after(state.iter)?;
-        println!("resuming {} at epoch {}, iteration {}", run.root.display(), state.epoch + 1, state.iter);
+        s.restore(&run.latest())?;
+        run.truncate_metrics_after(s.state.iter)?;
+        println!("resuming {} at epoch {}, iteration {}", run.root.display(), s.state.epoch + 1, s.state.iter);
+    } else {
+        // A checkpoint before the first step: a run killed early resumes, and an early divergence
+        // has somewhere to roll back to.
+        s.save(&run.latest())?;
     }
-    let mut stream = BatchStream::restore(train_idx, d.batch_size, state.stream.clone());
     let aug = Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise };
-    let bpp = stream.batches_per_pass();
-
-    let save = |path: &std::path::Path, learner: &Learner, state: &TrainState| -> Result<()> {
-        let mut tensors = checkpoint::model_tensors(&vs, "model.");
-        tensors.extend(learner.opt.state_tensors(&names));
-        checkpoint::save(path, &tensors, state)
-    };
+    let bpp = s.stream.batches_per_pass();
+    let samples_dir = run.root.join("samples");
+    if joint {
+        std::fs::create_dir_all(&samples_dir).with_context(|| format!("{}: cannot create", samples_dir.display()))?;
+    }
 
     let started = Instant::now();
-    let seconds_before = state.train_seconds;
-    for epoch in state.epoch..cfg.train.epochs {
-        let done = if stream.state().pass == epoch { stream.state().batch_in_pass } else { 0 };
+    let seconds_before = s.state.train_seconds;
+    while s.state.epoch < cfg.train.epochs {
+        let epoch = s.state.epoch;
+        let done = if s.stream.state().pass == epoch { s.stream.state().batch_in_pass } else { 0 };
         let bar = progress_bar(bpp, done, epoch, cfg.train.epochs);
         let mut window = Window::new();
+        let mut diverged = None;
         for b in done..bpp {
-            let idx = stream.next_batch().to_vec();
-            let (x, y) = augment::batch(&train_set, &idx, &aug, &mut state.augment_rng);
-            let lr = schedule::lr(&cfg.optim, state.iter, epoch);
-            let batch = Batch { x: x.to_device(device), y: y.to_device(device) };
-            let stats = recipe::step(cfg.train.recipe, &mut learner, &batch, lr);
-            if !stats["loss"].is_finite() {
-                bail!(
-                    "training diverged at iteration {} (loss = {}); lower optim.lr (now {}) or resume from the last checkpoint with other settings",
-                    state.iter, stats["loss"], cfg.optim.lr
-                );
-            }
-            state.iter += 1;
+            let idx = s.stream.next_batch().to_vec();
+            let (x, y) = augment::batch(&train_set, &idx, &aug, &mut s.state.augment_rng);
+            let lab = Batch { x: x.to_device(device), y: y.to_device(device) };
+            let x_data = match &mut s.px_stream {
+                Some(px) => {
+                    let idx = px.next_batch().to_vec();
+                    augment::batch(&train_set, &idx, &Augment::NONE, &mut s.state.augment_rng).0.to_device(device)
+                }
+                None => lab.x.shallow_clone(),
+            };
+            let lr = schedule::lr(&cfg.optim, s.state.iter, epoch) * s.state.lr_scale;
+            let stats = match recipe::step(cfg, &mut s.learner, s.chains.as_mut(), &lab, &x_data, lr) {
+                Ok(stats) => stats,
+                Err(e) => {
+                    diverged = Some(e);
+                    break;
+                }
+            };
+            s.state.iter += 1;
             window.add(&stats, idx.len());
-            if state.iter % cfg.train.log_every == 0 || b + 1 == bpp {
+            if s.state.iter % cfg.train.log_every == 0 || b + 1 == bpp {
                 let mut rec = window.means();
                 rec.insert("lr".into(), json!(lr));
-                rec.insert("iter".into(), json!(state.iter));
+                rec.insert("iter".into(), json!(s.state.iter));
                 rec.insert("epoch".into(), json!(epoch));
                 rec.insert("kind".into(), json!("train"));
-                bar.set_message(format!(
-                    "loss {:.3}  acc {:.1}%  lr {:.4}  {:.0} img/s",
-                    rec["loss"].as_f64().unwrap_or(f64::NAN),
-                    100.0 * rec["acc"].as_f64().unwrap_or(f64::NAN),
-                    lr,
-                    rec["img_per_s"].as_f64().unwrap_or(0.0)
-                ));
+                bar.set_message(progress_message(&rec, lr));
                 run.log(&serde_json::Value::Object(rec))?;
                 window = Window::new();
             }
             bar.inc(1);
+            if let Some(chains) = &s.chains {
+                let every = cfg.train.sample_every;
+                if every > 0 && s.state.iter % every == 0 {
+                    save_buffer_grid(&chains.buffer, &samples_dir.join(format!("iter_{:07}.png", s.state.iter)))?;
+                }
+            }
             let every = cfg.train.checkpoint_every;
-            if every > 0 && state.iter % every == 0 && b + 1 < bpp {
-                state.stream = stream.state().clone();
-                state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-                save(&run.latest(), &learner, &state)?;
+            if every > 0 && s.state.iter % every == 0 && b + 1 < bpp {
+                s.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                s.save(&run.latest())?;
             }
         }
         bar.finish_and_clear();
+        if let Some(d) = diverged {
+            rollback(&mut s, run, d)?;
+            continue;
+        }
 
         let valid_acc = if valid_idx.is_empty() {
             f64::NAN
         } else {
-            let logits = eval::logits(&learner.net, &train_set, &valid_idx, d.eval_batch_size, device);
+            let logits = eval::logits(&s.learner.net, &train_set, &valid_idx, d.eval_batch_size, device);
             let labels: Vec<i64> = valid_idx.iter().map(|&i| train_set.labels[i]).collect();
             accuracy::accuracy(&accuracy::argmax(&logits), &labels)
         };
         // Without a validation split the latest model is the best one.
-        let improved = valid_idx.is_empty() || valid_acc > state.best_valid_acc;
-        state.epoch = epoch + 1;
-        state.stream = stream.state().clone();
-        state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        let improved = valid_idx.is_empty() || valid_acc > s.state.best_valid_acc;
+        s.state.epoch = epoch + 1;
+        s.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
         if improved {
-            state.best_valid_acc = valid_acc;
-            state.best_epoch = Some(epoch + 1);
+            s.state.best_valid_acc = valid_acc;
+            s.state.best_epoch = Some(epoch + 1);
         }
-        run.log(&json!({"kind": "valid", "iter": state.iter, "epoch": epoch + 1, "valid_acc": valid_acc}))?;
-        save(&run.latest(), &learner, &state)?;
+        run.log(&json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": valid_acc}))?;
+        s.save(&run.latest())?;
         if improved {
-            save(&run.best(), &learner, &state)?;
+            s.save(&run.best())?;
         }
         println!(
             "epoch {:>3}/{}  valid acc {:5.2}%{}  lr {:.4}  {:.0} s",
@@ -201,9 +293,12 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
             cfg.train.epochs,
             100.0 * valid_acc,
             if improved { " (best)" } else { "" },
-            schedule::lr(&cfg.optim, state.iter.saturating_sub(1), epoch),
-            state.train_seconds
+            schedule::lr(&cfg.optim, s.state.iter.saturating_sub(1), epoch) * s.state.lr_scale,
+            s.state.train_seconds
         );
+    }
+    if let Some(chains) = &s.chains {
+        save_buffer_grid(&chains.buffer, &samples_dir.join("final.png"))?;
     }
 
     let test_idx: Vec<usize> = (0..test_set.n).collect();
@@ -211,31 +306,73 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
         let logits = eval::logits(net, &test_set, &test_idx, d.eval_batch_size, device);
         accuracy::accuracy(&accuracy::argmax(&logits), &test_set.labels)
     };
-    let test_acc = test_accuracy(&learner.net);
+    let test_acc = test_accuracy(&s.learner.net);
     let (tensors, best_state): (_, TrainState) = checkpoint::load(&run.best())?;
-    checkpoint::load_model(&vs, &tensors, "model.", &run.best())?;
-    let test_acc_best = test_accuracy(&learner.net);
-    let summary = Summary {
-        test_acc,
-        test_acc_best,
-        best_valid_acc: state.best_valid_acc,
-        train_seconds: state.train_seconds,
-    };
+    checkpoint::load_model(&s.vs, &tensors, "model.", &run.best())?;
+    let test_acc_best = test_accuracy(&s.learner.net);
+    let st = &s.state;
     run.write_json(
         &run.final_results(),
         &json!({
             "test_accuracy": test_acc,
             "test_accuracy_best_checkpoint": test_acc_best,
-            "best_valid_accuracy": state.best_valid_acc,
+            "best_valid_accuracy": st.best_valid_acc,
             "best_epoch": best_state.best_epoch,
             "n_valid": valid_idx.len(),
             "n_test": test_set.n,
-            "epochs": state.epoch,
-            "iterations": state.iter,
-            "train_seconds": state.train_seconds,
+            "epochs": st.epoch,
+            "iterations": st.iter,
+            "rollbacks": st.rollbacks,
+            "train_seconds": st.train_seconds,
         }),
     )?;
-    Ok(summary)
+    Ok(Summary { test_acc, test_acc_best, best_valid_acc: st.best_valid_acc, train_seconds: st.train_seconds })
+}
+
+/// Divergence: back to the last checkpoint with a smaller learning rate and a fresh sampler
+/// stream, or a clear stop after `train.max_rollbacks` tries.
+fn rollback(s: &mut Session, run: &RunDir, d: Diverged) -> Result<()> {
+    let cfg = s.cfg;
+    let at = s.state.iter;
+    if s.state.rollbacks >= cfg.train.max_rollbacks {
+        bail!(
+            "training diverged at iteration {at} ({}) after {} rollback(s) (train.max_rollbacks); \
+             the last good checkpoint is {} — lower optim.lr, add loss.l2, or change the sampler settings and resume a new run from it",
+            d.what,
+            s.state.rollbacks,
+            run.latest().display()
+        );
+    }
+    let (rollbacks, lr_scale) = (s.state.rollbacks + 1, s.state.lr_scale * cfg.train.rollback_lr_factor);
+    s.restore(&run.latest())?;
+    s.state.rollbacks = rollbacks;
+    s.state.lr_scale = lr_scale;
+    // A new sampler stream, so the chains do not walk into the same blow-up.
+    tch::manual_seed(derive_seed(cfg.train.seed, 1000 + rollbacks as u64) as i64);
+    run.truncate_metrics_after(s.state.iter)?;
+    run.log(&json!({"kind": "rollback", "iter": s.state.iter, "diverged_at": at, "reason": d.what, "lr_scale": lr_scale, "rollback": rollbacks}))?;
+    eprintln!(
+        "diverged at iteration {at} ({}); rollback {rollbacks}/{}: back to iteration {} with the learning rate ×{lr_scale} and a new sampler seed",
+        d.what, cfg.train.max_rollbacks, s.state.iter
+    );
+    Ok(())
+}
+
+/// 64 buffer entries spread evenly over it (the informative init fills it class by class).
+fn save_buffer_grid(buffer: &ReplayBuffer, path: &Path) -> Result<()> {
+    let n = buffer.len().min(64);
+    let idx = Tensor::linspace(0.0, (buffer.len() - 1) as f64, n, (tch::Kind::Float, buffer.images.device()))
+        .to_kind(tch::Kind::Int64);
+    grid::save_grid(&buffer.images.index_select(0, &idx), path)
+}
+
+fn progress_message(rec: &serde_json::Map<String, serde_json::Value>, lr: f64) -> String {
+    let get = |k: &str| rec.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let mut m = format!("loss {:.3}  acc {:.1}%", get("loss"), 100.0 * get("acc"));
+    if rec.contains_key("lse_data") {
+        m += &format!("  LSE data {:.2} samples {:.2}", get("lse_data"), get("lse_sample"));
+    }
+    m + &format!("  lr {lr:.4}  {:.0} img/s", get("img_per_s"))
 }
 
 fn progress_bar(len: usize, pos: usize, epoch: usize, epochs: usize) -> ProgressBar {
