@@ -514,6 +514,33 @@ mod tests {
         }
     }
 
+    /// The paper presets carry method.md's reference values, including the odd ones.
+    #[test]
+    fn paper_presets_match_the_method() {
+        let get = |n: &str| Config::from_sources(&Sources { preset: Some(n), ..Default::default() }).unwrap();
+        for name in ["sadajem-cifar10", "sadajem-cifar100", "sadajem-svhn"] {
+            let c = get(name);
+            assert_eq!((c.model.depth, c.model.widen, c.model.norm, c.model.bn_momentum), (28, 10, NormKind::Batch, 0.9), "{name}");
+            assert_eq!((c.optim.lr, c.optim.momentum, c.optim.weight_decay, c.optim.warmup_iters), (0.1, 0.9, 5e-4, 1000));
+            assert_eq!((c.optim.decay_epochs.clone(), c.optim.decay_rate, c.train.epochs), (vec![60, 120, 180], 0.2, 200));
+            assert_eq!((c.optim.sam_rho, c.optim.sam_adaptive), (2.0, true), "{name}: ASAM ρ = 2");
+            let s = &c.sampler;
+            assert_eq!((s.kind, s.steps, s.step_size, s.noise), (SamplerKind::Clipped, 5, 1.0, 0.0), "{name}");
+            assert_eq!((s.net_mode, s.init, s.batch_size, s.buffer_size, s.reinit_freq), (NetMode::Train, InitKind::Informative, 64, 10_000, 0.05));
+            assert_eq!((c.loss.px_data, c.loss.px_batch_size, c.loss.diverge_at), (PxData::Clean, 64, 1e5));
+            assert_eq!((c.data.batch_size, c.data.pad_crop, c.data.noise), (128, 4, 0.0));
+        }
+        assert!(!get("sadajem-svhn").data.flip, "no flips for digits");
+        assert_eq!(get("sadajem-cifar100").sampler.covariance, CovarianceKind::Lowrank);
+        let jem = get("jem-cifar10");
+        assert_eq!((jem.model.norm, jem.sampler.kind, jem.sampler.steps, jem.sampler.noise), (NormKind::None, SamplerKind::Sgld, 20, 0.01));
+        assert_eq!((jem.sampler.net_mode, jem.sampler.init, jem.loss.px_data), (NetMode::Eval, InitKind::Uniform, PxData::Shared));
+        assert_eq!((jem.data.batch_size, jem.data.noise, jem.loss.diverge_at), (64, 0.03, 1e8));
+        let pp = get("jempp-cifar10");
+        assert_eq!((pp.sampler.kind, pp.sampler.steps, pp.sampler.inner_steps, pp.sampler.inner_step_size), (SamplerKind::Pyld, 10, 5, 0.2));
+        assert_eq!((pp.model.norm, pp.sampler.init, pp.loss.px_data, pp.data.noise), (NormKind::Batch, InitKind::Informative, PxData::Shared, 0.03));
+    }
+
     #[test]
     fn overrides_take_typed_values() {
         let c = with(&["optim.lr=0.05", "data.flip=false", "optim.decay_epochs=[1, 2]", "train.device=cpu"]).unwrap();

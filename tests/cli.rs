@@ -36,6 +36,31 @@ fn train(run_dir: &Path, extra: &[&str]) -> Output {
     sadajem(&args)
 }
 
+/// A small SADA-JEM run: WRN-10-1, 1,000 training images in batches of 32 (31 an epoch),
+/// 16 chains of 2 clipped steps from the informative init, ASAM.
+const TINY_JEM: &[&str] = &[
+    "--set", "model.depth=10",
+    "--set", "model.widen=1",
+    "--set", "data.max_train=1100",
+    "--set", "data.max_test=300",
+    "--set", "data.n_valid=100",
+    "--set", "data.batch_size=32",
+    "--set", "loss.px_batch_size=16",
+    "--set", "sampler.batch_size=16",
+    "--set", "sampler.steps=2",
+    "--set", "sampler.buffer_size=200",
+    "--set", "optim.warmup_iters=10",
+    "--set", "optim.lr=0.05",
+    "--set", "train.threads=1",
+];
+
+fn train_jem(run_dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--preset", "sadajem-fashion", "--run-dir", run_dir.to_str().unwrap()];
+    args.extend_from_slice(TINY_JEM);
+    args.extend_from_slice(extra);
+    sadajem(&args)
+}
+
 fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
@@ -89,30 +114,30 @@ fn softmax_training_writes_a_complete_run_directory_and_learns() {
     assert!(!again.status.success() && text(&again).contains("--resume"));
 }
 
-#[test]
-fn a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=7", "--set", "train.log_every=1"];
-    let whole = dir.path().join("whole");
-    assert!(train(&whole, &settings).status.success());
+/// Trains into `dir/whole` uninterrupted and into `dir/killed` with a SIGKILL once `kill_at`
+/// metrics lines exist, then resumes the killed run and checks both logs agree bitwise.
+fn kill_and_resume_matches(dir: &Path, base: &[&str], kill_at: usize) {
+    let whole = dir.join("whole");
+    let run = |run_dir: &Path| -> Vec<String> {
+        let mut args: Vec<String> = vec!["train".into(), "--run-dir".into(), run_dir.to_str().unwrap().into()];
+        args.extend(base.iter().map(|s| s.to_string()));
+        args
+    };
+    let o = sadajem(&run(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
 
-    let killed = dir.path().join("killed");
-    let mut args: Vec<&str> = vec!["train", "--preset", "softmax-fashion", "--run-dir", killed.to_str().unwrap()];
-    args.extend_from_slice(TINY);
-    args.extend_from_slice(&settings);
+    let killed = dir.join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(&args)
+        .args(run(&killed))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill (SIGKILL) in the second epoch, after the checkpoint at iteration 42 (the epoch ended
-    // at 39), so the resume starts mid-epoch and the lines logged since are replayed.
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let done = std::fs::read_to_string(killed.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
-        if done >= 45 {
+        if done >= kill_at {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
@@ -135,6 +160,65 @@ fn a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one() {
     assert_eq!(strip(metrics(&killed)), strip(metrics(&whole)));
     let fin = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p.join("final.json")).unwrap()).unwrap() };
     assert_eq!(fin(&killed)["test_accuracy"], fin(&whole)["test_accuracy"]);
+}
+
+#[test]
+fn a_killed_softmax_run_resumes_to_the_same_metrics_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = vec!["--preset", "softmax-fashion"];
+    base.extend_from_slice(TINY);
+    base.extend_from_slice(&["--set", "train.epochs=2", "--set", "train.checkpoint_every=7", "--set", "train.log_every=1"]);
+    // Killed in the second epoch (39 batches each), after the checkpoint at iteration 42, so the
+    // resume starts mid-epoch and the lines logged since are replayed.
+    kill_and_resume_matches(dir.path(), &base, 45);
+}
+
+#[test]
+fn a_killed_sadajem_run_resumes_to_the_same_metrics_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = vec!["--preset", "sadajem-fashion"];
+    base.extend_from_slice(TINY_JEM);
+    base.extend_from_slice(&["--set", "train.epochs=2", "--set", "train.checkpoint_every=5", "--set", "train.log_every=1"]);
+    // The replay buffer, libtorch's generator (reinit draws, init samples) and the clean
+    // likelihood stream must all come back for the chains to replay: killed after the
+    // checkpoint at iteration 15, before the first validation (31 batches an epoch).
+    kill_and_resume_matches(dir.path(), &base, 18);
+}
+
+#[test]
+fn sadajem_training_logs_the_energy_terms_and_writes_sample_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = train_jem(&run, &["--set", "train.epochs=1", "--set", "train.sample_every=10", "--set", "train.log_every=5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["init.safetensors", "samples/iter_0000010.png", "samples/final.png", "final.json"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let grid = image::open(run.join("samples/final.png")).unwrap();
+    assert_eq!(grid.width(), 8 * 30 + 2, "8 columns of 28-pixel images with 2-pixel borders");
+    let m = metrics(&run);
+    let line = m.iter().find(|r| r["kind"] == "train").unwrap();
+    for key in ["loss", "ce", "l_px", "lse_data", "lse_sample", "acc", "lr", "img_per_s"] {
+        assert!(line[key].as_f64().is_some_and(f64::is_finite), "metrics lack a finite {key}: {line}");
+    }
+    let expected = line["ce"].as_f64().unwrap() + line["l_px"].as_f64().unwrap();
+    assert!((line["loss"].as_f64().unwrap() - expected).abs() < 1e-4);
+}
+
+#[test]
+fn divergence_rolls_back_then_stops_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // Any |L_px| above 1e-12 counts as divergence, so every attempt diverges.
+    let o = train_jem(&run, &["--set", "loss.diverge_at=1e-12", "--set", "train.max_rollbacks=2"]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(out.contains("rollback 1/2") && out.contains("rollback 2/2"), "{out}");
+    assert!(out.contains("train.max_rollbacks") && out.contains("diverge_at"), "{out}");
+    let rollbacks: Vec<_> = metrics(&run).into_iter().filter(|r| r["kind"] == "rollback").collect();
+    assert_eq!(rollbacks.len(), 2);
+    assert_eq!(rollbacks[1]["lr_scale"], 0.25);
+    assert!(run.join("checkpoints/latest.safetensors").exists(), "the last good checkpoint stays");
 }
 
 #[test]

@@ -38,7 +38,8 @@ pub struct TrainState {
     /// The likelihood term's clean stream (`loss.px_data = "clean"` joint recipes).
     pub px_stream: Option<loader::StreamState>,
     pub augment_rng: ChaCha8Rng,
-    pub best_valid_acc: f64,
+    /// None until the first validation (and always without a validation split).
+    pub best_valid_acc: Option<f64>,
     pub best_epoch: Option<usize>,
     /// Training wall time so far, over all resumes.
     pub train_seconds: f64,
@@ -186,7 +187,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
         stream: stream.state().clone(),
         px_stream: px_stream.as_ref().map(|s| s.state().clone()),
         augment_rng: ChaCha8Rng::seed_from_u64(derive_seed(cfg.train.seed, 2)),
-        best_valid_acc: f64::NEG_INFINITY,
+        best_valid_acc: None,
         best_epoch: None,
         train_seconds: 0.0,
         rollbacks: 0,
@@ -267,15 +268,16 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
             continue;
         }
 
-        let valid_acc = if valid_idx.is_empty() {
-            f64::NAN
-        } else {
+        let valid_acc = (!valid_idx.is_empty()).then(|| {
             let logits = eval::logits(&s.learner.net, &train_set, &valid_idx, d.eval_batch_size, device);
             let labels: Vec<i64> = valid_idx.iter().map(|&i| train_set.labels[i]).collect();
             accuracy::accuracy(&accuracy::argmax(&logits), &labels)
-        };
+        });
         // Without a validation split the latest model is the best one.
-        let improved = valid_idx.is_empty() || valid_acc > s.state.best_valid_acc;
+        let improved = match (valid_acc, s.state.best_valid_acc) {
+            (Some(acc), Some(best)) => acc > best,
+            _ => true,
+        };
         s.state.epoch = epoch + 1;
         s.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
         if improved {
@@ -288,10 +290,10 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
             s.save(&run.best())?;
         }
         println!(
-            "epoch {:>3}/{}  valid acc {:5.2}%{}  lr {:.4}  {:.0} s",
+            "epoch {:>3}/{}  valid acc {}{}  lr {:.4}  {:.0} s",
             epoch + 1,
             cfg.train.epochs,
-            100.0 * valid_acc,
+            valid_acc.map_or("–".to_string(), |a| format!("{:5.2}%", 100.0 * a)),
             if improved { " (best)" } else { "" },
             schedule::lr(&cfg.optim, s.state.iter.saturating_sub(1), epoch) * s.state.lr_scale,
             s.state.train_seconds
@@ -326,7 +328,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
             "train_seconds": st.train_seconds,
         }),
     )?;
-    Ok(Summary { test_acc, test_acc_best, best_valid_acc: st.best_valid_acc, train_seconds: st.train_seconds })
+    Ok(Summary { test_acc, test_acc_best, best_valid_acc: st.best_valid_acc.unwrap_or(f64::NAN), train_seconds: st.train_seconds })
 }
 
 /// Divergence: back to the last checkpoint with a smaller learning rate and a fresh sampler
