@@ -58,7 +58,7 @@ impl Adam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::Sgd;
+    use crate::optim::zero_grad;
 
     /// Two steps on f(w) = ½·w² (gradient w) from w = 1 with lr 0.1, betas (0.5, 0.75),
     /// eps 0.25, weight decay 0.25 (large values, so a misplaced eps or bias correction shows):
@@ -75,11 +75,11 @@ mod tests {
         let w = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
         let params = vec![w.shallow_clone()];
         let mut opt = Adam::new([0.5, 0.75], 0.25, 0.25, 1);
-        Sgd::zero_grad(&params);
+        zero_grad(&params);
         (&w * &w * 0.5).sum(None).backward();
         opt.step(&params, 0.1);
         assert!((w.double_value(&[0]) - 11.0 / 12.0).abs() < 1e-12);
-        Sgd::zero_grad(&params);
+        zero_grad(&params);
         (&w * &w * 0.5).sum(None).backward();
         opt.step(&params, 0.1);
         assert!((w.double_value(&[0]) - 0.834_774_163_857_162_7).abs() < 1e-12, "{}", w.double_value(&[0]));

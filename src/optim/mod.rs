@@ -14,6 +14,16 @@ use anyhow::{bail, Result};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
+/// Zeroes the stored gradients of `params` (those that have one).
+pub fn zero_grad(params: &[Tensor]) {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
 /// The optimiser that turns gradients into updates (SAM, when on, only changes where the
 /// gradients are taken).
 pub enum Base {
@@ -114,7 +124,7 @@ mod tests {
     /// differ and the state matters.
     fn run_steps(opt: &mut Base, params: &[Tensor], n: usize) {
         for _ in 0..n {
-            Sgd::zero_grad(params);
+            zero_grad(params);
             params[0].pow_tensor_scalar(3).sum(None).backward();
             opt.step(params, 0.01);
         }

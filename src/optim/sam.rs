@@ -66,7 +66,7 @@ impl Sam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::Sgd;
+    use crate::optim::{zero_grad, Sgd};
 
     /// Parameters a (a scalar), b (a 2-vector) and c (a 1-vector the loss does not use, so it
     /// never has a gradient); loss L = a² + ½·b₁² + 2·b₂², gradient (2a, b₁, 4b₂).
@@ -79,7 +79,7 @@ mod tests {
     }
 
     fn backward(params: &[Tensor]) {
-        Sgd::zero_grad(params);
+        zero_grad(params);
         let (a, b) = (&params[0], &params[1]);
         let l = a.square() + (b.square() * Tensor::from_slice(&[0.5f64, 2.0])).sum(None);
         l.backward();

@@ -39,20 +39,12 @@ impl Sgd {
             }
         });
     }
-
-    pub fn zero_grad(params: &[Tensor]) {
-        for p in params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::zero_grad;
 
     /// Two steps on f(w) = ½·w² (gradient w) from w = 1, lr 0.1, momentum 0.9, wd 0.01, by hand:
     /// step 1: g = 1 + 0.01 = 1.01, b = 1.01, w = 1 − 0.101 = 0.899.
@@ -63,7 +55,7 @@ mod tests {
         let params = vec![w.shallow_clone()];
         let mut opt = Sgd::new(0.9, 0.01, 1);
         for _ in 0..2 {
-            Sgd::zero_grad(&params);
+            zero_grad(&params);
             (&w * &w * 0.5).sum(None).backward();
             opt.step(&params, 0.1);
         }

@@ -10,7 +10,7 @@
 //!    samples with batch-norm statistics frozen, back to w; then the base optimiser step.
 use crate::config::{Config, NetMode, Recipe};
 use crate::model::{energy, Mode, Wrn};
-use crate::optim::{sam::Sam, Base, Sgd};
+use crate::optim::{sam::Sam, zero_grad, Base};
 use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
 use std::collections::BTreeMap;
 use tch::Tensor;
@@ -73,12 +73,12 @@ pub fn step(
     };
     let px = x_sample.as_ref().map(|s| (x_data, s));
 
-    Sgd::zero_grad(&learner.params);
+    zero_grad(&learner.params);
     let (loss, stats) = joint_loss(cfg, &learner.net, lab, px, Mode::Train)?;
     loss.backward();
     if let Some(sam) = &learner.sam {
         let e = sam.ascend(&learner.params);
-        Sgd::zero_grad(&learner.params);
+        zero_grad(&learner.params);
         let (loss_at_e, _) = joint_loss(cfg, &learner.net, lab, px, Mode::TrainFrozenStats).inspect_err(|_| {
             Sam::descend(&learner.params, &e);
         })?;
@@ -145,7 +145,7 @@ mod tests {
         let params = vs.trainable_variables();
         let n = params.len();
         let sam = (sam_rho > 0.0).then_some(Sam { rho: sam_rho, adaptive: true });
-        let learner = Learner { net, params, opt: Base::Sgd(Sgd::new(0.9, 5e-4, n)), sam };
+        let learner = Learner { net, params, opt: Base::Sgd(crate::optim::Sgd::new(0.9, 5e-4, n)), sam };
         let init = Init::Uniform { shape: [1, 28, 28] };
         let buffer = ReplayBuffer::new(32, &init, 10, 0.05, Device::Cpu);
         (cfg, vs, learner, Chains { buffer, init })
