@@ -104,7 +104,9 @@ impl Session<'_> {
         if let Some(chains) = &self.chains {
             tensors.push(("sampler.buffer".into(), chains.buffer.images.shallow_clone()));
         }
-        tensors.push(("rng.torch".into(), shim::rng_state(self.device)));
+        for (key, device) in generators(self.device) {
+            tensors.push((key.into(), shim::rng_state(device)));
+        }
         let mut state = self.state.clone();
         state.stream = self.stream.state().clone();
         state.px_stream = self.px_stream.as_ref().map(|s| s.state().clone());
@@ -120,8 +122,10 @@ impl Session<'_> {
             let buffer = tensors.get("sampler.buffer").with_context(|| format!("{}: no replay buffer", path.display()))?;
             chains.buffer.images = buffer.to_device(self.device);
         }
-        let rng = tensors.get("rng.torch").with_context(|| format!("{}: no generator state", path.display()))?;
-        shim::set_rng_state(self.device, rng)?;
+        for (key, device) in generators(self.device) {
+            let rng = tensors.get(key).with_context(|| format!("{}: no `{key}` generator state", path.display()))?;
+            shim::set_rng_state(device, rng)?;
+        }
         let d = &self.cfg.data;
         self.stream = BatchStream::restore(self.train_idx.clone(), d.batch_size, state.stream.clone());
         if let (Some(px), Some(st)) = (&mut self.px_stream, &state.px_stream) {
@@ -130,6 +134,16 @@ impl Session<'_> {
         self.state = state;
         Ok(())
     }
+}
+
+/// libtorch generators a checkpoint keeps: the CPU's always (weight init, CPU draws), and the
+/// GPU's too when training on one.
+fn generators(device: Device) -> Vec<(&'static str, Device)> {
+    let mut g = vec![("rng.torch.cpu", Device::Cpu)];
+    if device != Device::Cpu {
+        g.push(("rng.torch.device", device));
+    }
+    g
 }
 
 fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
