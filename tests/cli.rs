@@ -29,11 +29,16 @@ const TINY: &[&str] = &[
     "--set", "train.threads=1",
 ];
 
-fn train(run_dir: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["train", "--preset", "softmax-fashion", "--run-dir", run_dir.to_str().unwrap()];
-    args.extend_from_slice(TINY);
+/// `train --preset PRESET --run-dir RUN_DIR` with the `tiny` settings, then `extra`.
+fn train_args<'a>(preset: &'a str, tiny: &[&'a str], run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--preset", preset, "--run-dir", run_dir.to_str().unwrap()];
+    args.extend_from_slice(tiny);
     args.extend_from_slice(extra);
-    sadajem(&args)
+    args
+}
+
+fn train(run_dir: &Path, extra: &[&str]) -> Output {
+    sadajem(&train_args("softmax-fashion", TINY, run_dir, extra))
 }
 
 /// A small SADA-JEM run: WRN-10-1, 1,000 training images in batches of 32 (31 an epoch),
@@ -55,10 +60,7 @@ const TINY_JEM: &[&str] = &[
 ];
 
 fn train_jem(run_dir: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["train", "--preset", "sadajem-fashion", "--run-dir", run_dir.to_str().unwrap()];
-    args.extend_from_slice(TINY_JEM);
-    args.extend_from_slice(extra);
-    sadajem(&args)
+    sadajem(&train_args("sadajem-fashion", TINY_JEM, run_dir, extra))
 }
 
 fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
@@ -116,19 +118,14 @@ fn softmax_training_writes_a_complete_run_directory_and_learns() {
 
 /// Trains into `dir/whole` uninterrupted and into `dir/killed` with a SIGKILL once `kill_at`
 /// metrics lines exist, then resumes the killed run and checks both logs agree bitwise.
-fn kill_and_resume_matches(dir: &Path, base: &[&str], kill_at: usize) {
+fn kill_and_resume_matches(dir: &Path, preset: &str, tiny: &[&str], settings: &[&str], kill_at: usize) {
     let whole = dir.join("whole");
-    let run = |run_dir: &Path| -> Vec<String> {
-        let mut args: Vec<String> = vec!["train".into(), "--run-dir".into(), run_dir.to_str().unwrap().into()];
-        args.extend(base.iter().map(|s| s.to_string()));
-        args
-    };
-    let o = sadajem(&run(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = sadajem(&train_args(preset, tiny, &whole, settings));
     assert!(o.status.success(), "{}", text(&o));
 
     let killed = dir.join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(run(&killed))
+        .args(train_args(preset, tiny, &killed, settings))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -165,24 +162,20 @@ fn kill_and_resume_matches(dir: &Path, base: &[&str], kill_at: usize) {
 #[test]
 fn a_killed_softmax_run_resumes_to_the_same_metrics_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut base = vec!["--preset", "softmax-fashion"];
-    base.extend_from_slice(TINY);
-    base.extend_from_slice(&["--set", "train.epochs=2", "--set", "train.checkpoint_every=7", "--set", "train.log_every=1"]);
+    let settings = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=7", "--set", "train.log_every=1"];
     // Killed in the second epoch (39 batches each), after the checkpoint at iteration 42, so the
     // resume starts mid-epoch and the lines logged since are replayed.
-    kill_and_resume_matches(dir.path(), &base, 45);
+    kill_and_resume_matches(dir.path(), "softmax-fashion", TINY, &settings, 45);
 }
 
 #[test]
 fn a_killed_sadajem_run_resumes_to_the_same_metrics_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut base = vec!["--preset", "sadajem-fashion"];
-    base.extend_from_slice(TINY_JEM);
-    base.extend_from_slice(&["--set", "train.epochs=2", "--set", "train.checkpoint_every=5", "--set", "train.log_every=1"]);
+    let settings = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=5", "--set", "train.log_every=1"];
     // The replay buffer, libtorch's generator (reinit draws, init samples) and the clean
     // likelihood stream must all come back for the chains to replay: killed after the
     // checkpoint at iteration 15, before the first validation (31 batches an epoch).
-    kill_and_resume_matches(dir.path(), &base, 18);
+    kill_and_resume_matches(dir.path(), "sadajem-fashion", TINY_JEM, &settings, 18);
 }
 
 #[test]
