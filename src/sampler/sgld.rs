@@ -29,16 +29,17 @@ fn input_gradient(net: &Wrn, x: &Tensor, mode: Mode, target: Option<&Tensor>) ->
     Tensor::run_backward(&[obj], &[&x], false, false).pop().expect("one input, one gradient")
 }
 
-fn noise(x: &Tensor, sigma: f64) -> Tensor {
+/// x + σ·ε; with σ = 0 (SADA-JEM, JEM++) nothing is drawn or added.
+fn add_noise(x: Tensor, sigma: f64) -> Tensor {
     if sigma > 0.0 {
-        x.randn_like() * sigma
+        &x + x.randn_like() * sigma
     } else {
-        x.zeros_like()
+        x
     }
 }
 
 fn clipped_step(x: &Tensor, grad: &Tensor, step: f64, sigma: f64) -> Tensor {
-    (x + grad.clamp(-1.0, 1.0) * step + noise(x, sigma)).clamp(-1.0, 1.0)
+    add_noise(x + grad.clamp(-1.0, 1.0) * step, sigma).clamp(-1.0, 1.0)
 }
 
 /// Runs the configured chain from `x0` with the network in `mode`; returns the detached samples.
@@ -48,7 +49,7 @@ pub fn run(net: &Wrn, x0: &Tensor, cfg: &SamplerConfig, mode: Mode, target: Opti
         SamplerKind::Sgld => {
             for _ in 0..cfg.steps {
                 let g = input_gradient(net, &x, mode, target);
-                x = &x + g * cfg.step_size + noise(&x, cfg.noise);
+                x = add_noise(&x + g * cfg.step_size, cfg.noise);
             }
         }
         SamplerKind::Clipped => {
