@@ -1,2 +1,3 @@
-//! What a person looks at: sample grids now; plots and the HTML report later.
+//! What a person looks at: sample grids and plots now; the HTML report later.
 pub mod grid;
+pub mod plots;
