@@ -59,7 +59,8 @@ pub fn file_kind(path: &Path) -> Result<FileKind> {
         return Ok(FileKind::TorchSaveLegacy);
     }
     bail!(
-        "{} is not a PyTorch file: expected a zip archive (torch.save since PyTorch 1.6, or torch.jit.save) or an older torch.save file",
+        "{} is not a PyTorch file: expected a zip archive (torch.save since PyTorch 1.6, or torch.jit.save) \
+         or an older torch.save file",
         path.display()
     )
 }
@@ -123,7 +124,8 @@ fn load_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
 fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     let mut pos = LEGACY_MAGIC.len();
     let (protocol, _) = run_pickle(bytes, &mut pos, "protocol version")?;
-    ensure!(matches!(protocol, Value::Int(1001)), "unknown legacy protocol version {} (expected 1001)", protocol.describe());
+    let version = protocol.describe();
+    ensure!(matches!(protocol, Value::Int(1001)), "unknown legacy protocol version {version} (expected 1001)");
     let (info, _) = run_pickle(bytes, &mut pos, "system info")?;
     ensure!(
         !matches!(dict_get(&info, "little_endian"), Some(Value::Bool(false))),
@@ -161,7 +163,8 @@ fn run_pickle<'a>(bytes: &'a [u8], pos: &mut usize, what: &str) -> Result<(Value
 /// One storage as a flat tensor of its element type.
 fn storage_tensor(key: &str, s: &Storage, bytes: &[u8]) -> Result<Tensor> {
     let len = s.numel as usize * s.kind.elt_size_in_bytes();
-    ensure!(bytes.len() == len, "storage {key} has {} bytes, expected {} ({} × {:?})", bytes.len(), len, s.numel, s.kind);
+    let (got, numel, kind) = (bytes.len(), s.numel, s.kind);
+    ensure!(got == len, "storage {key} has {got} bytes, expected {len} ({numel} × {kind:?})");
     Ok(Tensor::f_from_data_size(bytes, &[s.numel], s.kind)?)
 }
 
@@ -169,10 +172,11 @@ fn storage_tensor(key: &str, s: &Storage, bytes: &[u8]) -> Result<Tensor> {
 fn collect(value: &Value, storages: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     walk(value, String::new(), 0, &mut |name, t| {
-        let storage = storages.get(&t.storage).ok_or_else(|| anyhow!("tensor {name}: its storage {} is missing", t.storage))?;
+        let (key, size, stride, offset) = (&t.storage, &t.size, &t.stride, t.offset);
+        let storage = storages.get(key).ok_or_else(|| anyhow!("tensor {name}: its storage {key} is missing"))?;
         let view = storage
-            .f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset)
-            .with_context(|| format!("tensor {name}: size {:?}, stride {:?}, offset {} overrun its storage", t.size, t.stride, t.offset))?;
+            .f_as_strided(size.as_slice(), stride.as_slice(), offset)
+            .with_context(|| format!("tensor {name}: size {size:?}, stride {stride:?}, offset {offset} overrun its storage"))?;
         out.push((name, view));
         Ok(())
     })?;
@@ -633,7 +637,7 @@ fn int(le_bytes: &[u8]) -> Value {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
-    ensure!(items.len() % 2 == 0, "an odd number of dict items");
+    ensure!(items.len().is_multiple_of(2), "an odd number of dict items");
     let mut it = items.into_iter();
     let mut out = Vec::new();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -693,7 +697,8 @@ mod tests {
     /// scripts/make-pickle-fixture.py writes the same checkpoint in both formats.
     #[test]
     fn reads_both_formats_of_the_fixture_checkpoint() {
-        for (file, kind) in [("checkpoint.pt", FileKind::TorchSaveZip), ("checkpoint-legacy.pt", FileKind::TorchSaveLegacy)] {
+        let files = [("checkpoint.pt", FileKind::TorchSaveZip), ("checkpoint-legacy.pt", FileKind::TorchSaveLegacy)];
+        for (file, kind) in files {
             let path = fixture(file);
             assert_eq!(file_kind(&path).unwrap(), kind);
             let tensors = load_tensors(&path).unwrap();
