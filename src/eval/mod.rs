@@ -1,6 +1,7 @@
 //! Evaluation. Metrics are pure functions over arrays; this module also holds the one helper
-//! that runs the network over a dataset.
+//! that runs the network over a dataset, and [`inception`] the network FID, KID and IS read.
 pub mod accuracy;
+pub mod inception;
 
 use crate::data::{augment, ImageSet};
 use crate::model::{Mode, Wrn};
