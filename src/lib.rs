@@ -16,12 +16,14 @@
 //!   atomic checkpoints ([`train::checkpoint`]).
 //! - [`eval`]: metrics as pure functions.
 //! - [`run`]: the run-directory layout every command reads and writes.
+//! - [`pickle`]: the tensors of a `torch.save`'d file (PyTorch checkpoints, weights), without Python.
 pub mod config;
 pub mod data;
 pub mod engine;
 pub mod eval;
 pub mod model;
 pub mod optim;
+pub mod pickle;
 pub mod report;
 pub mod run;
 pub mod sampler;

@@ -1,9 +1,10 @@
 //! Evaluation. Metrics are pure functions over arrays; this module also holds the one helper
-//! that runs the network over a dataset.
+//! that runs the network over a dataset, and [`inception`] the network FID, KID and IS read.
 pub mod accuracy;
 pub mod attack;
 pub mod calibration;
 pub mod fid;
+pub mod inception;
 pub mod ood;
 
 use crate::data::{augment, ImageSet};
