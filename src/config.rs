@@ -319,6 +319,113 @@ impl Default for LossConfig {
     }
 }
 
+/// How `sadajem eval` measures a trained model (method.md §6). Pixel distances (`pgd_*_eps`,
+/// `pgd_step_size`) are in units of 1/255 of the [0, 1] pixel range, as papers quote them; the
+/// network sees [−1, 1], so they are doubled internally.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Seed of every random draw of the evaluation (noise sets, PGD starts, chains, KID subsets).
+    pub seed: u64,
+    /// Use the first N test images for accuracy, calibration and OOD (0 = all).
+    pub n_test: usize,
+    /// SGLD refinement of the inputs before classifying (0 = off): steps of
+    /// x ← x + α·∇x LSE(f(x)) + σ·ε, each sample with its own gradient.
+    pub refine_steps: usize,
+    pub refine_step_size: f64,
+    pub refine_noise: f64,
+    /// Equal-width confidence bins of the ECE.
+    pub ece_bins: usize,
+    /// OOD sets: `interp` ((x_i + x_j)/2 of test images), `uniform`, `gaussian`, or a dataset
+    /// directory any reader supports (its test split; converted to the model's channels and size).
+    pub ood_sets: Vec<String>,
+    /// Images per OOD set, and in-distribution images they are compared with (0 = as many as
+    /// the test images used).
+    pub ood_n: usize,
+    /// PGD: norms (`linf`, `l2`), radii per norm (/255), steps, L∞ step size (/255; L2 steps are
+    /// 2.5·eps/steps), random start, test images attacked.
+    pub pgd_norms: Vec<String>,
+    pub pgd_linf_eps: Vec<f64>,
+    pub pgd_l2_eps: Vec<f64>,
+    pub pgd_steps: usize,
+    pub pgd_step_size: f64,
+    pub pgd_random_start: bool,
+    pub pgd_n: usize,
+    /// SGLD purification before classifying under attack (0 = off), attacked end to end; it
+    /// uses `refine_step_size` and `refine_noise`.
+    pub pgd_purify_steps: usize,
+    /// Fresh chains for samples and the `fresh` FID protocol: start (`informative` or `uniform`),
+    /// steps, step size and noise; the step rule is the run's `sampler.kind`.
+    pub gen_init: InitKind,
+    pub gen_steps: usize,
+    pub gen_step_size: f64,
+    pub gen_noise: f64,
+    /// Samples in the unconditional grid, and per class in the class-conditional grid.
+    pub gen_n: usize,
+    pub gen_per_class: usize,
+    /// The Inception network: the FID TorchScript file or pytorch-fid's
+    /// `pt_inception-2015-12-05-6726825d.pth` (which adds the Inception Score). Empty: the
+    /// `SADAJEM_INCEPTION` environment variable, then `weights/`, then `../shared/weights/`.
+    pub inception: PathBuf,
+    /// `buffer` (the reference's: replay buffer, the most confident 90 % / 10 % per predicted
+    /// class for FID / IS) and/or `fresh` (unfiltered fresh chains).
+    pub fid_protocols: Vec<String>,
+    /// Fresh-chain samples scored.
+    pub fid_n: usize,
+    /// Replay-buffer entries the `buffer` protocol starts from (0 = the whole buffer, as the
+    /// reference does).
+    pub fid_buffer_n: usize,
+    /// Reference images: `train`, `test` or `train+test` of the run's dataset, the first N
+    /// of them (0 = all).
+    pub fid_reference: String,
+    pub fid_reference_n: usize,
+    pub kid_subsets: usize,
+    pub kid_subset_size: usize,
+    pub is_splits: usize,
+    /// Where reference statistics are cached (empty: $XDG_CACHE_HOME/sadajem, else
+    /// ~/.cache/sadajem).
+    pub cache_dir: PathBuf,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            seed: 1,
+            n_test: 0,
+            refine_steps: 0,
+            refine_step_size: 1.0,
+            refine_noise: 0.01,
+            ece_bins: 20,
+            ood_sets: vec!["interp".into(), "uniform".into(), "gaussian".into()],
+            ood_n: 0,
+            pgd_norms: vec!["linf".into(), "l2".into()],
+            pgd_linf_eps: vec![1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 22.0, 30.0],
+            pgd_l2_eps: vec![50.0, 100.0, 150.0, 200.0, 250.0, 300.0],
+            pgd_steps: 50,
+            pgd_step_size: 2.0,
+            pgd_random_start: true,
+            pgd_n: 1000,
+            pgd_purify_steps: 0,
+            gen_init: InitKind::Informative,
+            gen_steps: 100,
+            gen_step_size: 1.0,
+            gen_noise: 0.0,
+            gen_n: 100,
+            gen_per_class: 10,
+            inception: PathBuf::new(),
+            fid_protocols: vec!["buffer".into(), "fresh".into()],
+            fid_n: 10_000,
+            fid_buffer_n: 0,
+            fid_reference: "train+test".into(),
+            fid_reference_n: 0,
+            kid_subsets: 100,
+            kid_subset_size: 1000,
+            is_splits: 10,
+            cache_dir: PathBuf::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -328,6 +435,7 @@ pub struct Config {
     pub sampler: SamplerConfig,
     pub loss: LossConfig,
     pub train: TrainConfig,
+    pub eval: EvalConfig,
 }
 
 /// The presets shipped in `configs/`, compiled in so `--preset` works from any directory.
@@ -389,6 +497,11 @@ impl Config {
         Config::from_sources(&Sources { file: Some(path), ..Default::default() })
     }
 
+    /// A run's `config.toml` with `--set` overrides on top (e.g. evaluation settings).
+    pub fn load_with(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+        Config::from_sources(&Sources { file: Some(path), overrides, ..Default::default() })
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
@@ -447,6 +560,33 @@ impl Config {
         check(l.l2 >= 0.0, "loss.l2", l.l2, "expected ≥ 0")?;
         check(l.px_batch_size >= 1, "loss.px_batch_size", l.px_batch_size, "expected ≥ 1")?;
         check(l.diverge_at > 0.0, "loss.diverge_at", l.diverge_at, "expected > 0")?;
+        let e = &self.eval;
+        check(e.ece_bins >= 1, "eval.ece_bins", e.ece_bins, "expected ≥ 1")?;
+        check(
+            e.pgd_norms.iter().all(|n| n == "linf" || n == "l2"),
+            "eval.pgd_norms",
+            format!("{:?}", e.pgd_norms),
+            "expected a list of `linf` and/or `l2`",
+        )?;
+        check(
+            e.pgd_linf_eps.iter().chain(&e.pgd_l2_eps).all(|v| *v >= 0.0 && v.is_finite()),
+            "eval.pgd_linf_eps / eval.pgd_l2_eps",
+            format!("{:?} / {:?}", e.pgd_linf_eps, e.pgd_l2_eps),
+            "expected radii ≥ 0 (in 1/255 units)",
+        )?;
+        check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "expected ≥ 1")?;
+        check(e.pgd_n >= 1, "eval.pgd_n", e.pgd_n, "expected ≥ 1")?;
+        check(e.gen_n >= 1 && e.gen_per_class >= 1, "eval.gen_n / eval.gen_per_class", format!("{} / {}", e.gen_n, e.gen_per_class), "expected ≥ 1")?;
+        check(
+            e.fid_protocols.iter().all(|p| p == "buffer" || p == "fresh"),
+            "eval.fid_protocols",
+            format!("{:?}", e.fid_protocols),
+            "expected a list of `buffer` and/or `fresh`",
+        )?;
+        check(["train", "test", "train+test"].contains(&e.fid_reference.as_str()), "eval.fid_reference", &e.fid_reference, "expected train, test or train+test")?;
+        check(e.fid_n >= 2, "eval.fid_n", e.fid_n, "expected ≥ 2")?;
+        check(e.kid_subsets >= 1 && e.kid_subset_size >= 2, "eval.kid_subsets / eval.kid_subset_size", format!("{} / {}", e.kid_subsets, e.kid_subset_size), "expected ≥ 1 subset of ≥ 2")?;
+        check(e.is_splits >= 1, "eval.is_splits", e.is_splits, "expected ≥ 1")?;
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! The `sadajem` command line: a thin layer over the library.
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sadajem::config::{self, Config, Sources};
 use sadajem::data::{self, stats, FolderOptions, Split};
 use sadajem::run::RunDir;
+use sadajem::eval::evaluate;
 use sadajem::{engine, train::trainer};
 use std::path::PathBuf;
 
@@ -36,6 +37,40 @@ enum Command {
         /// Continue the run in this directory from its latest checkpoint, with its own config.
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "config", "overrides", "run_dir"])]
         resume: Option<PathBuf>,
+    },
+    /// Evaluate a trained run: writes RUN_DIR/eval/<metric>.json and PNG plots.
+    Eval {
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Comma-separated subset of: accuracy, calibration, ood, robustness, generation, fid
+        /// (default: all; fid is skipped with a note when no Inception network is found).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// `best` (the best validation checkpoint), `latest`, or a checkpoint file.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Override an evaluation (or any) setting, e.g. `--set eval.pgd_steps=20` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Draw fresh samples from a trained run's model with SGLD and save them as a PNG grid.
+    Sample {
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Number of samples.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Sample class C (class-conditional chains on f(x)[C]); default: unconditional.
+        #[arg(long)]
+        class: Option<i64>,
+        #[arg(long)]
+        out: PathBuf,
+        /// `best`, `latest`, or a checkpoint file.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Chain settings, e.g. `--set eval.gen_steps=200 --set eval.gen_init=uniform`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Dataset tools.
     Data {
@@ -106,6 +141,52 @@ fn run() -> Result<()> {
                 100.0 * s.best_valid_acc,
                 run.final_results().display()
             );
+        }
+        Command::Eval { run_dir, only, checkpoint, overrides } => {
+            let run = RunDir::open(&run_dir)?;
+            let cfg = Config::load_with(&run.config(), &overrides)?;
+            let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
+            let mut metrics: Vec<&str> = evaluate::METRICS.to_vec();
+            if !only.is_empty() {
+                for m in &only {
+                    if !evaluate::METRICS.contains(&m.as_str()) {
+                        bail!("--only: unknown metric `{m}`; expected any of {}", evaluate::METRICS.join(", "));
+                    }
+                }
+                metrics.retain(|m| only.iter().any(|o| o == m));
+            }
+            let ckpt = evaluate::resolve_checkpoint(&run, &checkpoint);
+            let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
+            if only.is_empty() {
+                if let Err(e) = ev.inception_path() {
+                    println!("note: skipping fid: {e}");
+                    metrics.retain(|m| *m != "fid");
+                }
+            }
+            println!("evaluating {} ({}) with {threads} thread(s): {}", run.root.display(), ckpt.display(), metrics.join(", "));
+            let done = ev.run(&metrics, |o| println!("{:>12}  {}", o.metric, o.summary))?;
+            println!("results → {}", done.first().map_or(run.root.join("eval"), |o| o.file.with_file_name("")).display());
+        }
+        Command::Sample { run_dir, n, class, out, checkpoint, overrides } => {
+            let run = RunDir::open(&run_dir)?;
+            let cfg = Config::load_with(&run.config(), &overrides)?;
+            engine::init(cli.threads.unwrap_or(cfg.train.threads));
+            let ckpt = evaluate::resolve_checkpoint(&run, &checkpoint);
+            let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
+            if let Some(c) = class {
+                if c < 0 || c as usize >= ev.num_classes() {
+                    bail!("--class {c}: the model has classes 0..={}", ev.num_classes() - 1);
+                }
+            }
+            if n == 0 {
+                bail!("--n: expected at least one sample");
+            }
+            let init = ev.gen_init()?;
+            let bar = indicatif::ProgressBar::new(n as u64);
+            let x = ev.sample(&init, n, class, &bar);
+            bar.finish_and_clear();
+            sadajem::report::grid::save_grid(&x, &out)?;
+            println!("{n} samples ({}) → {}", class.map_or("unconditional".into(), |c| format!("class {c}")), out.display());
         }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => {
             engine::init(cli.threads.unwrap_or(0));

@@ -233,3 +233,97 @@ fn presets_are_listed_and_printed() {
     let o = sadajem(&["presets", "softmax-fashion"]);
     assert!(text(&o).contains("[model]"));
 }
+
+/// The FID network from ../shared (or SADAJEM_INCEPTION), when this machine has it.
+fn inception_file() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("SADAJEM_INCEPTION").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/weights/inception-2015-12-05-fid.torchscript.pt")
+    });
+    p.exists().then_some(p)
+}
+
+#[test]
+fn eval_writes_every_metric_and_plot_and_sample_draws_a_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = train_jem(&run, &["--set", "train.epochs=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cache = dir.path().join("cache");
+    let cache_set = format!("eval.cache_dir=\"{}\"", cache.display());
+    let inception = inception_file();
+    let inception_set = format!("eval.inception=\"{}\"", inception.as_ref().map_or(String::new(), |p| p.display().to_string()));
+    let mut args = vec![
+        "eval", "--run-dir", run.to_str().unwrap(), "--checkpoint", "latest",
+        "--set", "eval.n_test=200",
+        "--set", "eval.refine_steps=2",
+        "--set", "eval.ood_sets=[\"data/mnist\", \"interp\", \"uniform\", \"gaussian\"]",
+        "--set", "eval.ood_n=100",
+        "--set", "eval.pgd_n=40", "--set", "eval.pgd_steps=3",
+        "--set", "eval.pgd_linf_eps=[2, 8]", "--set", "eval.pgd_l2_eps=[100]",
+        "--set", "eval.gen_steps=3", "--set", "eval.gen_n=16", "--set", "eval.gen_per_class=2",
+        "--set", "eval.fid_n=20", "--set", "eval.fid_buffer_n=40",
+        "--set", "eval.fid_reference=\"test\"", "--set", "eval.fid_reference_n=60",
+        "--set", "eval.kid_subsets=4", "--set", "eval.kid_subset_size=10",
+        "--set", &cache_set,
+    ];
+    if inception.is_some() {
+        args.extend(["--set", &inception_set]);
+    } else {
+        eprintln!("FID part skipped: no Inception network at ../shared/weights (set SADAJEM_INCEPTION)");
+    }
+    let o = sadajem(&args);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let eval = run.join("eval");
+    let read = |m: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(eval.join(format!("{m}.json"))).unwrap()).unwrap() };
+    let acc = read("accuracy");
+    assert!(acc["accuracy"].as_f64().is_some_and(|a| a > 0.2 && a <= 1.0), "{acc}");
+    assert!(acc["accuracy_refined"].as_f64().is_some(), "{acc}");
+    assert_eq!(acc["n"], 200);
+    let cal = read("calibration");
+    assert!(cal["ece"].as_f64().is_some_and(|e| (0.0..=1.0).contains(&e)), "{cal}");
+    assert_eq!(cal["bins"].as_array().unwrap().len(), 20);
+    let ood = read("ood");
+    for set in ["mnist", "interp", "uniform", "gaussian"] {
+        for score in ["log_px", "max_softmax", "grad_norm"] {
+            let a = &ood["sets"][set]["scores"][score]["auroc"];
+            assert!(a.as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{set}/{score}: {ood}");
+            assert!(eval.join(format!("ood_{set}_{score}.png")).exists());
+        }
+    }
+    let rob = read("robustness");
+    let linf = rob["norms"]["linf"].as_array().unwrap();
+    assert_eq!(linf.len(), 3, "eps 0 is added: {rob}");
+    let accs: Vec<f64> = linf.iter().map(|r| r["accuracy"].as_f64().unwrap()).collect();
+    assert!(accs[2] <= accs[0], "a larger eps cannot help: {accs:?}");
+    for f in ["reliability.png", "robustness_linf.png", "robustness_l2.png", "samples_fresh.png", "samples_per_class.png", "samples_buffer.png"] {
+        let img = image::open(eval.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(img.width() > 20 && img.height() > 20, "{f}");
+    }
+    let per_class = image::open(eval.join("samples_per_class.png")).unwrap();
+    assert_eq!(per_class.width(), 2 * 30 + 2, "one row per class, gen_per_class columns");
+    assert_eq!(per_class.height(), 10 * 30 + 2);
+    if inception.is_some() {
+        let fid = read("fid");
+        for protocol in ["buffer", "fresh"] {
+            let p = &fid["protocols"][protocol];
+            assert!(p["fid"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{protocol}: {fid}");
+            assert!(p["kid"].as_f64().is_some_and(f64::is_finite), "{protocol}: {fid}");
+        }
+        // The most confident 90% per predicted class of 40 entries, rounded per class.
+        let n = fid["protocols"]["buffer"]["n"].as_u64().unwrap();
+        assert!((30..=40).contains(&n), "{fid}");
+        assert!(std::fs::read_dir(&cache).unwrap().count() == 1, "one cached reference");
+    } else {
+        assert!(out.contains("skipping fid"), "{out}");
+    }
+
+    let png = dir.path().join("class3.png");
+    let o = sadajem(&["sample", "--run-dir", run.to_str().unwrap(), "--n", "6", "--class", "3", "--out", png.to_str().unwrap(), "--set", "eval.gen_steps=2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(image::open(&png).unwrap().width(), 3 * 30 + 2);
+    let o = sadajem(&["sample", "--run-dir", run.to_str().unwrap(), "--n", "2", "--class", "10", "--out", png.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("--class 10"), "{}", text(&o));
+    let o = sadajem(&["eval", "--run-dir", run.to_str().unwrap(), "--only", "accuracy,bogus"]);
+    assert!(!o.status.success() && text(&o).contains("bogus"), "{}", text(&o));
+}

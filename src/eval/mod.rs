@@ -3,6 +3,7 @@
 pub mod accuracy;
 pub mod attack;
 pub mod calibration;
+pub mod evaluate;
 pub mod fid;
 pub mod inception;
 pub mod ood;

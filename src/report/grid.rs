@@ -9,13 +9,19 @@ const PAD: usize = 2;
 /// Writes `x` ([N, C, H, W], values in [−1, 1], C = 1 or 3) as a grid of ⌈√N⌉ columns with a
 /// 2-pixel white border, atomically.
 pub fn save_grid(x: &Tensor, path: &Path) -> Result<()> {
+    let n = x.size().first().copied().unwrap_or(0).max(0);
+    save_grid_columns(x, (n as f64).sqrt().ceil().max(1.0) as usize, path)
+}
+
+/// The same with `cols` columns (e.g. one row per class).
+pub fn save_grid_columns(x: &Tensor, cols: usize, path: &Path) -> Result<()> {
     let size = x.size();
     let [n, c, h, w] = size[..] else { bail!("a grid needs [N, C, H, W] images, got {size:?}") };
     if c != 1 && c != 3 {
         bail!("a grid needs 1 or 3 channels, got {c}");
     }
     let (n, c, h, w) = (n as usize, c as usize, h as usize, w as usize);
-    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    let cols = cols.max(1);
     let rows = n.div_ceil(cols);
     let (gw, gh) = (cols * (w + PAD) + PAD, rows * (h + PAD) + PAD);
     let pixels: Vec<u8> = Vec::try_from(

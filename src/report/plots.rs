@@ -41,17 +41,8 @@ const NO_DATA: &str = "no finite values to plot";
 type Area<'a> = DrawingArea<Canvas<'a>, Shift>;
 type Chart<'a, 'b> = ChartContext<'a, Canvas<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-/// One bin of a reliability diagram: the predictions whose confidence is in [lower, upper).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReliabilityBin {
-    pub lower: f64,
-    pub upper: f64,
-    pub count: usize,
-    /// Mean confidence of the bin's predictions.
-    pub confidence: f64,
-    /// Fraction of the bin's predictions that are right.
-    pub accuracy: f64,
-}
+/// A reliability diagram draws the calibration module's bins.
+pub use crate::eval::calibration::Bin as ReliabilityBin;
 
 /// A named line of a line chart.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,7 @@
 //! The training loop: epochs of the classification stream, logging, validation, sample grids,
 //! checkpoints, exact resume and divergence rollback. It owns everything the user sees while
 //! training (progress bar, epoch lines).
-use crate::config::{Config, CovarianceKind, InitKind, PxData, Recipe};
+use crate::config::{Config, CovarianceKind, InitKind, PxData, Recipe, SamplerConfig};
 use crate::data::{self, augment, augment::Augment, loader, loader::BatchStream, FolderOptions, ImageSet, Split};
 use crate::eval::{self, accuracy};
 use crate::model::Wrn;
@@ -73,6 +73,19 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
         set.n = max;
     }
     Ok(set)
+}
+
+/// The training images of a run: all but the seeded validation split (the same for every seed).
+pub fn train_indices(cfg: &Config, n: usize) -> Vec<usize> {
+    loader::split_valid(n, cfg.data.n_valid, SPLIT_SEED).0
+}
+
+/// The informative init's covariance setting.
+pub fn covariance(s: &SamplerConfig) -> init::Covariance {
+    match s.covariance {
+        CovarianceKind::Full => init::Covariance::Full,
+        CovarianceKind::Lowrank => init::Covariance::LowRank { rank: s.rank },
+    }
 }
 
 pub struct Summary {
@@ -179,12 +192,8 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
         let init = match s.init {
             InitKind::Uniform => init::Init::Uniform { shape },
             InitKind::Informative => {
-                let cov = match s.covariance {
-                    CovarianceKind::Full => init::Covariance::Full,
-                    CovarianceKind::Lowrank => init::Covariance::LowRank { rank: s.rank },
-                };
                 let cache = run.root.join("init.safetensors");
-                init::Init::Informative(init::informative_cached(&cache, &train_set, &train_idx, cov, device)?)
+                init::Init::Informative(init::informative_cached(&cache, &train_set, &train_idx, covariance(s), device)?)
             }
         };
         let buffer = ReplayBuffer::new(s.buffer_size as i64, &init, train_set.num_classes as i64, s.reinit_freq, device);
