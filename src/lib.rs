@@ -10,11 +10,12 @@
 //! - [`model`]: the Wide-ResNet ([`model::wrn`]) and its energy view ([`model::energy`]).
 //! - [`sampler`]: SGLD — starting points ([`sampler::init`]), the replay buffer
 //!   ([`sampler::buffer`]), the JEM / SADA-JEM / JEM++ step rules ([`sampler::sgld`]).
-//! - [`report`]: sample grids (PNG).
+//! - [`report`]: sample grids and plots (PNG).
 //! - [`optim`]: SGD with momentum and coupled weight decay; the learning-rate schedule.
 //! - [`train`]: one iteration per recipe ([`train::recipe`]), the loop ([`train::trainer`]),
 //!   atomic checkpoints ([`train::checkpoint`]).
-//! - [`eval`]: metrics as pure functions.
+//! - [`eval`]: metrics as pure functions (accuracy, calibration, OOD, attack, FID/KID/IS), the
+//!   Inception network ([`eval::inception`]), and the `sadajem eval` driver ([`eval::evaluate`]).
 //! - [`run`]: the run-directory layout every command reads and writes.
 //! - [`pickle`]: the tensors of a `torch.save`'d file (PyTorch checkpoints, weights), without Python.
 pub mod config;

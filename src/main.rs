@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use sadajem::config::{self, Config, Sources};
 use sadajem::data::{self, stats, FolderOptions, Split};
 use sadajem::run::RunDir;
+use sadajem::eval::feature_stats::{self, ImageSpec};
 use sadajem::eval::evaluate;
 use sadajem::{engine, train::trainer};
 use std::path::PathBuf;
@@ -71,6 +72,32 @@ enum Command {
         /// Chain settings, e.g. `--set eval.gen_steps=200 --set eval.gen_init=uniform`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// FID and KID between two image sets, e.g. real vs real: `sadajem fid
+    /// data/fashion-mnist:test:5000 data/fashion-mnist:train:10000`.
+    Fid {
+        /// DIR[:SPLIT[:N]] (SPLIT train, test or train+test; default test, all images), or
+        /// uniform:N / gaussian:N.
+        images: String,
+        /// The reference set, DIR[:SPLIT[:N]]; its statistics are cached.
+        reference: String,
+        /// The Inception network (default: SADAJEM_INCEPTION, weights/, ../shared/weights/).
+        #[arg(long)]
+        inception: Option<PathBuf>,
+        /// Where dataset statistics are cached (default: $XDG_CACHE_HOME/sadajem or ~/.cache/sadajem).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        kid_subsets: usize,
+        #[arg(long, default_value_t = 1000)]
+        kid_subset_size: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Image folders only: channels and square size.
+        #[arg(long, default_value_t = 3)]
+        channels: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
     },
     /// Dataset tools.
     Data {
@@ -187,6 +214,19 @@ fn run() -> Result<()> {
             bar.finish_and_clear();
             sadajem::report::grid::save_grid(&x, &out)?;
             println!("{n} samples ({}) → {}", class.map_or("unconditional".into(), |c| format!("class {c}")), out.display());
+        }
+        Command::Fid { images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, channels, size } => {
+            let threads = engine::init(cli.threads.unwrap_or(0));
+            let (images, reference): (ImageSpec, ImageSpec) = (images.parse()?, reference.parse()?);
+            if matches!(reference, ImageSpec::Noise { .. }) {
+                bail!("the reference must be a dataset (DIR[:SPLIT[:N]]); noise goes first");
+            }
+            let network = feature_stats::find_inception(&inception.unwrap_or_default())?;
+            let cache = feature_stats::cache_dir(&cache_dir.unwrap_or_default())?;
+            println!("FID with {} ({threads} thread(s)); dataset statistics cached in {}", network.display(), cache.display());
+            let opts = FolderOptions { channels, size };
+            let r = feature_stats::compare_specs(&images, &reference, &network, &cache, opts, (kid_subsets, kid_subset_size), seed)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => {
             engine::init(cli.threads.unwrap_or(0));

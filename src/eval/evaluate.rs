@@ -1,6 +1,7 @@
 //! `sadajem eval`: loads a run's model once, computes each metric with the pure functions of
 //! the sibling modules, and writes `RUN/eval/<metric>.json` (values, settings, dataset,
 //! checkpoint, protocol, seconds) with its PNG plots. Like the trainer, it owns the progress bars.
+use super::feature_stats::{self, bar};
 use super::{attack, calibration, fid, inception, ood};
 use crate::config::{Config, InitKind, NetMode};
 use crate::data::{self, augment, augment::Augment, FolderOptions, ImageSet, Split};
@@ -10,7 +11,7 @@ use crate::run::RunDir;
 use crate::sampler::{init, sgld};
 use crate::train::{checkpoint, trainer};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -22,9 +23,6 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Every metric `--only` accepts, in the order `eval` runs them.
 pub const METRICS: &[&str] = &["accuracy", "calibration", "ood", "robustness", "generation", "fid"];
-
-/// The pytorch-fid / TorchScript file names looked for when `eval.inception` is empty.
-const INCEPTION_FILES: &[&str] = &["inception-2015-12-05-fid.torchscript.pt", "pt_inception-2015-12-05-6726825d.pth"];
 
 /// What a finished metric reports on the console.
 pub struct Outcome {
@@ -58,15 +56,6 @@ pub fn resolve_checkpoint(run: &RunDir, which: &str) -> PathBuf {
         "latest" => run.latest(),
         path => PathBuf::from(path),
     }
-}
-
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} ({eta})").expect("valid template").progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar
 }
 
 /// Per-sample L2 norm over all but the first dimension.
@@ -214,7 +203,7 @@ impl<'a> Evaluation<'a> {
         let bins = calibration::bins(&to_vec(&conf), &correct, self.cfg.eval.ece_bins);
         let ece = calibration::ece(&bins);
         let plot = self.out.join("reliability.png");
-        let title = format!("Reliability diagram ({} test images)", self.test.n);
+        let title = format!("Reliability diagram, {} test images", self.test.n);
         plots::reliability_diagram(&bins, ece, &title, &plot)?;
         let record = json!({
             "ece": ece,
@@ -494,54 +483,27 @@ impl<'a> Evaluation<'a> {
         Ok((record, summary))
     }
 
-    /// `eval.inception`, or the first of the usual places that holds a known file.
+    /// The Inception network's file (`eval.inception` or the usual places).
     pub fn inception_path(&self) -> Result<PathBuf> {
-        let set = &self.cfg.eval.inception;
-        if !set.as_os_str().is_empty() {
-            return Ok(set.clone());
-        }
-        let mut tried = vec![];
-        if let Some(p) = std::env::var_os("SADAJEM_INCEPTION") {
-            return Ok(PathBuf::from(p));
-        }
-        for dir in ["weights", "../shared/weights"] {
-            for f in INCEPTION_FILES {
-                let p = Path::new(dir).join(f);
-                if p.exists() {
-                    return Ok(p);
-                }
-                tried.push(p.display().to_string());
-            }
-        }
-        bail!(
-            "no Inception network for FID: set eval.inception (or SADAJEM_INCEPTION) to the FID TorchScript file or pytorch-fid's pt_inception-2015-12-05-6726825d.pth; looked for {}",
-            tried.join(", ")
-        )
-    }
-
-    /// Inception features (and logits, if the network has them) of images [N, C, H, W].
-    fn features(net: &inception::Inception, x: &Tensor, what: &str) -> Result<(Tensor, Option<Tensor>)> {
-        const BATCH: i64 = 50;
-        let n = x.size()[0];
-        let progress = bar(n as usize, what);
-        let (mut pools, mut logits) = (vec![], vec![]);
-        for start in (0..n).step_by(BATCH as usize) {
-            let f = net.features(&x.narrow(0, start, BATCH.min(n - start)))?;
-            pools.push(f.pool);
-            if let Some(l) = f.logits {
-                logits.push(l);
-            }
-            progress.inc(BATCH.min(n - start) as u64);
-        }
-        progress.finish_and_clear();
-        Ok((Tensor::cat(&pools, 0), (!logits.is_empty()).then(|| Tensor::cat(&logits, 0))))
+        feature_stats::find_inception(&self.cfg.eval.inception)
     }
 
     fn fid(&self) -> Result<(Value, String)> {
         let e = &self.cfg.eval;
         let path = self.inception_path()?;
         let net = inception::Inception::load(&path, self.device)?;
-        let reference = self.reference_stats(&net, &path)?;
+        let reference_sets = self.reference_sets()?;
+        let refs: Vec<&ImageSet> = reference_sets.iter().collect();
+        let total: usize = refs.iter().map(|s| s.n).sum();
+        let n_ref = match e.fid_reference_n {
+            0 => total,
+            n => n.min(total),
+        };
+        let cache = feature_stats::cache_dir(&e.cache_dir)?;
+        let (reference, cache_file) = feature_stats::dataset_stats(&net, &path, &refs, n_ref, e.kid_subset_size, &cache, "reference")?;
+        let reference_about = json!({
+            "dataset": self.cfg.data.dir.display().to_string(), "split": e.fid_reference, "n": n_ref, "cache": cache_file.display().to_string(),
+        });
         let mut protocols = serde_json::Map::new();
         let mut summary = vec![];
         for protocol in &e.fid_protocols {
@@ -575,8 +537,9 @@ impl<'a> Evaluation<'a> {
             let mut result = serde_json::Map::new();
             result.insert("about".into(), json!(about));
             for (part, x) in samples {
-                let (pool, logits) = Self::features(&net, &x, &format!("{protocol} {part}"))?;
+                let (pool, logits) = feature_stats::features(&net, &x, &format!("{protocol} {part}"))?;
                 if part != "is" {
+                    // KID on all sample features against the reference's fixed share.
                     let (mu, cov) = fid::stats(&pool);
                     let d = fid::frechet_distance(&mu, &cov, &reference.mu, &reference.cov);
                     let (kid, kid_std) = fid::kid(&pool, &reference.kid_features, e.kid_subsets, e.kid_subset_size, e.seed);
@@ -599,7 +562,7 @@ impl<'a> Evaluation<'a> {
         }
         let record = json!({
             "protocols": protocols,
-            "reference": reference.about,
+            "reference": reference_about,
             "network": {"file": path.display().to_string(), "source": format!("{:?}", net.source()), "inception_score": net.has_logits()},
             "protocol": "FID = ||mu1-mu2||^2 + tr S1 + tr S2 - 2 tr (S1 S2)^1/2 on 2048-d pool3 features; KID = unbiased MMD^2, cubic kernel, mean over subsets; IS over splits (only with pytorch-fid's weights, which have the classifier)",
             "settings": {
@@ -632,102 +595,18 @@ impl<'a> Evaluation<'a> {
         let pick = |idx: &[i64]| buffer.index_select(0, &Tensor::from_slice(idx));
         (pick(&top90), pick(&top10))
     }
+}
 
-    /// The reference images' feature statistics, computed once per dataset split and network
-    /// and cached (keyed by the images' content, not just their path).
-    fn reference_stats(&self, net: &inception::Inception, network: &Path) -> Result<Reference> {
-        let e = &self.cfg.eval;
-        let splits: &[Split] = match e.fid_reference.as_str() {
+impl Evaluation<'_> {
+    /// The whole splits `eval.fid_reference` names (ignoring `data.max_*`).
+    fn reference_sets(&self) -> Result<Vec<ImageSet>> {
+        let splits: &[Split] = match self.cfg.eval.fid_reference.as_str() {
             "train" => &[Split::Train],
             "test" => &[Split::Test],
             _ => &[Split::Train, Split::Test],
         };
-        let mut sets = vec![];
-        for &split in splits {
-            let mut cfg = self.cfg.clone();
-            cfg.data.max_train = 0;
-            cfg.data.max_test = 0;
-            sets.push(trainer::load_split(&cfg, split)?);
-        }
-        let total: usize = sets.iter().map(|s| s.n).sum();
-        let n = match e.fid_reference_n {
-            0 => total,
-            n => n.min(total),
-        };
-        // FNV-1a over the settings and every pixel used: a changed file or setting is a new entry.
-        let mut hash = Fnv::new();
-        hash.add(format!("{}|{}|{}|{}|{}", self.cfg.data.dir.display(), e.fid_reference, n, network.display(), e.kid_subset_size).as_bytes());
-        let mut left = n;
-        for s in &sets {
-            let take = left.min(s.n);
-            hash.add(&s.images[..take * s.image_len()]);
-            left -= take;
-        }
-        let cache_dir = cache_dir(&e.cache_dir)?;
-        let file = cache_dir.join(format!("fid-reference-{:016x}.safetensors", hash.0));
-        let about = json!({
-            "dataset": self.cfg.data.dir.display().to_string(), "split": e.fid_reference, "n": n, "cache": file.display().to_string(),
-        });
-        if file.exists() {
-            let (t, _): (_, Value) = checkpoint::load(&file)?;
-            if let (Some(mu), Some(cov), Some(kid)) = (t.get("mu"), t.get("cov"), t.get("kid_features")) {
-                return Ok(Reference { mu: mu.shallow_clone(), cov: cov.shallow_clone(), kid_features: kid.shallow_clone(), about });
-            }
-        }
-        let mut parts = vec![];
-        let mut left = n;
-        for s in &sets {
-            let take = left.min(s.n);
-            if take > 0 {
-                parts.push(Self::images(s, &(0..take).collect::<Vec<_>>()).0);
-            }
-            left -= take;
-        }
-        let x = Tensor::cat(&parts, 0);
-        let (pool, _) = Self::features(net, &x, "reference")?;
-        let (mu, cov) = fid::stats(&pool);
-        // KID draws its subsets from a fixed, seeded share of the reference features.
-        let keep = (e.kid_subset_size * 5).min(n) as i64;
-        let perm = Tensor::randperm(n as i64, (Kind::Int64, Device::Cpu)).narrow(0, 0, keep);
-        let kid_features = pool.index_select(0, &perm).to_kind(Kind::Float);
-        std::fs::create_dir_all(&cache_dir).with_context(|| format!("{}: cannot create the cache directory", cache_dir.display()))?;
-        let tensors = vec![("mu".to_string(), mu.shallow_clone()), ("cov".to_string(), cov.shallow_clone()), ("kid_features".to_string(), kid_features.shallow_clone())];
-        checkpoint::save(&file, &tensors, &about)?;
-        Ok(Reference { mu, cov, kid_features, about })
-    }
-}
-
-struct Reference {
-    mu: Tensor,
-    cov: Tensor,
-    kid_features: Tensor,
-    about: Value,
-}
-
-/// 64-bit FNV-1a: a stable content hash for cache keys (std's hasher may change between
-/// releases).
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn add(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-fn cache_dir(set: &Path) -> Result<PathBuf> {
-    if !set.as_os_str().is_empty() {
-        return Ok(set.to_path_buf());
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(x).join("sadajem"));
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => Ok(PathBuf::from(h).join(".cache").join("sadajem")),
-        None => bail!("no cache directory: set eval.cache_dir (HOME and XDG_CACHE_HOME are unset)"),
+        let mut cfg = self.cfg.clone();
+        (cfg.data.max_train, cfg.data.max_test) = (0, 0);
+        splits.iter().map(|&split| trainer::load_split(&cfg, split)).collect()
     }
 }

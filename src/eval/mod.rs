@@ -4,6 +4,7 @@ pub mod accuracy;
 pub mod attack;
 pub mod calibration;
 pub mod evaluate;
+pub mod feature_stats;
 pub mod fid;
 pub mod inception;
 pub mod ood;
