@@ -99,6 +99,19 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         size: usize,
     },
+    /// Write RUN_DIR/report.html: config, training curves, samples, evaluation results and plots
+    /// in one self-contained page; prints the summary table.
+    Report {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+    /// Compare runs: OUT/comparison.md (one column per run) and OUT/robustness.png.
+    Compare {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+    },
     /// Dataset tools.
     Data {
         #[command(subcommand)]
@@ -228,6 +241,17 @@ fn run() -> Result<()> {
             let r = feature_stats::compare_specs(&images, &reference, &network, &cache, opts, (kid_subsets, kid_subset_size), seed)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
+        Command::Report { run_dir } => {
+            let run = RunDir::open(&run_dir)?;
+            let path = sadajem::report::html::write(&run)?;
+            print_summary(&sadajem::report::html::summary(&run));
+            println!("report → {}", path.display());
+        }
+        Command::Compare { out, run_dirs } => {
+            let runs = run_dirs.iter().map(|d| RunDir::open(d)).collect::<Result<Vec<_>>>()?;
+            print!("{}", sadajem::report::compare::write(&runs, &out)?);
+            println!("comparison → {}", out.join("comparison.md").display());
+        }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => {
             engine::init(cli.threads.unwrap_or(0));
             let format = match format {
@@ -254,6 +278,14 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The summary rows as an aligned two-column table.
+fn print_summary(rows: &[(String, String)]) {
+    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    for (k, v) in rows {
+        println!("  {k:<width$}  {v}");
+    }
 }
 
 fn default_run_dir(preset: Option<&str>) -> PathBuf {

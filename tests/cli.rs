@@ -243,9 +243,11 @@ fn inception_file() -> Option<std::path::PathBuf> {
 }
 
 #[test]
-fn eval_writes_every_metric_and_plot_and_sample_draws_a_grid() {
+fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
+    // Kept after the test: scripts/browser-test.sh opens its report.html.
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/eval-run");
+    let _ = std::fs::remove_dir_all(&run);
     let o = train_jem(&run, &["--set", "train.epochs=1"]);
     assert!(o.status.success(), "{}", text(&o));
     let cache = dir.path().join("cache");
@@ -317,6 +319,14 @@ fn eval_writes_every_metric_and_plot_and_sample_draws_a_grid() {
     } else {
         assert!(out.contains("skipping fid"), "{out}");
     }
+
+    let o = sadajem(&["report", "--run-dir", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("test accuracy"), "the summary table is printed: {}", text(&o));
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    let images = html.matches("src=\"data:image/png;base64,").count();
+    assert!(images >= 20, "curves, samples, reliability, 12 OOD histograms, robustness: {images}");
+    assert!(!html.contains("missing:"), "every image the results name exists");
 
     let png = dir.path().join("class3.png");
     let o = sadajem(&["sample", "--run-dir", run.to_str().unwrap(), "--n", "6", "--class", "3", "--out", png.to_str().unwrap(), "--set", "eval.gen_steps=2"]);
