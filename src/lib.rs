@@ -22,6 +22,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod interop;
 pub mod model;
 pub mod optim;
 pub mod pickle;
