@@ -341,10 +341,20 @@ pub struct Mapped {
     pub shape: Vec<i64>,
 }
 
+/// A reference checkpoint's weights in our network.
+pub struct OnOurs {
+    /// Holds the network's variables (on the CPU).
+    pub vs: nn::VarStore,
+    pub net: Wrn,
+    pub mapped: Vec<Mapped>,
+    /// Entries left out, with why.
+    pub ignored: Vec<(String, String)>,
+}
+
 /// Builds our network for `model` (depth, width and norm may differ from what the shapes
 /// said, if the user overrode them) and copies the reference's weights into it. Unknown and
 /// missing keys, and shape mismatches, are errors that name the keys.
-pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<(nn::VarStore, Wrn, Vec<Mapped>, Vec<(String, String)>)> {
+pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
     let arch = Arch { depth: model.depth, widen: model.widen, norm: model.norm, ..r.arch };
     let vs = nn::VarStore::new(Device::Cpu);
     let net = Wrn::new(&vs.root(), model, arch.channels, arch.classes);
@@ -394,7 +404,7 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<(nn::VarStore,
         );
     }
     ignored.extend(r.ignored.iter().cloned());
-    Ok((vs, net, mapped, ignored))
+    Ok(OnOurs { vs, net, mapped, ignored })
 }
 
 /// What `sadajem import` is asked to do.
@@ -492,7 +502,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
     sets.extend(opts.overrides.iter().cloned());
     let cfg = Config::from_sources(&Sources { preset: Some(preset), file: None, overrides: &sets })?;
 
-    let (vs, _net, mapped, ignored) = map_onto(&r, &cfg.model)?;
+    let OnOurs { vs, mapped, ignored, .. } = map_onto(&r, &cfg.model)?;
     let test = trainer::load_split(&cfg, Split::Test)?;
     let data = cfg.data.dir.display();
     ensure!(
@@ -698,7 +708,7 @@ mod tests {
 
     fn logits_of(path: &Path) -> Tensor {
         let r = read_reference(path).unwrap();
-        let (_vs, net, _, _) = map_onto(&r, &model_config(&r.arch)).unwrap();
+        let OnOurs { net, .. } = map_onto(&r, &model_config(&r.arch)).unwrap();
         let (x, _) = reference_logits();
         tch::no_grad(|| net.forward(&x, Mode::Eval))
     }
@@ -712,7 +722,7 @@ mod tests {
             let r = read_reference(&fixture(file)).unwrap();
             assert_eq!(r.arch, Arch { depth: 10, widen: 1, norm: NormKind::Batch, channels: 1, classes: 10 }, "{file}");
             assert_eq!(r.buffer.as_ref().unwrap().size(), [16, 1, 28, 28]);
-            let (_vs, _net, mapped, ignored) = map_onto(&r, &model_config(&r.arch)).unwrap();
+            let OnOurs { mapped, ignored, .. } = map_onto(&r, &model_config(&r.arch)).unwrap();
             // 2 convs + 4 blocks (2 norms, 2 convs, shortcuts in groups 2 and 3) + norm + head.
             assert_eq!(mapped.len(), 2 + 3 * (2 * 4 + 2 * 2) + 2 * 2 + 4 + 2, "{file}");
             let ignored: Vec<&str> = ignored.iter().map(|(k, _)| k.as_str()).collect();
@@ -723,7 +733,7 @@ mod tests {
         }
         // The fixture tells the modes apart: its running statistics are far from batch statistics.
         let r = read_reference(&fixture("checkpoint.pt")).unwrap();
-        let (_vs, net, _, _) = map_onto(&r, &model_config(&r.arch)).unwrap();
+        let OnOurs { net, .. } = map_onto(&r, &model_config(&r.arch)).unwrap();
         let (x, _) = reference_logits();
         let d = max_abs_diff(&tch::no_grad(|| net.forward(&x, Mode::TrainFrozenStats)), &expected);
         assert!(d > 1e-2, "batch statistics give the same logits (max |Δ| = {d:e})");
@@ -766,7 +776,7 @@ mod tests {
         let (x, _) = reference_logits();
         let with_slope = |path: &Path| {
             let r = read_reference(path).unwrap();
-            let (_vs, net, _, _) = map_onto(&r, &ModelConfig { slope: 0.1, ..model_config(&r.arch) }).unwrap();
+            let OnOurs { net, .. } = map_onto(&r, &ModelConfig { slope: 0.1, ..model_config(&r.arch) }).unwrap();
             (tch::no_grad(|| net.forward(&x, Mode::Eval)), r.buffer.unwrap())
         };
         let (original, buffer) = with_slope(&fixture("checkpoint.pt"));

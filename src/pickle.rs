@@ -808,7 +808,7 @@ impl Pickler {
     fn int(&mut self, i: i64) {
         match i {
             0..=0xff => self.out.extend_from_slice(&[b'K', i as u8]),
-            0..=0xffff => {
+            0x100..=0xffff => {
                 self.out.push(b'M');
                 self.out.extend_from_slice(&(i as u16).to_le_bytes());
             }
