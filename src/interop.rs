@@ -822,6 +822,32 @@ mod tests {
         }
     }
 
+    /// JEM's networks have no norm, and wgrathwohl/JEM's state dicts carry `f.linear`.
+    #[test]
+    fn a_jem_layout_without_norm_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let arch = Arch { depth: 10, widen: 2, norm: NormKind::None, channels: 3, classes: 4 };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Wrn::new(&vs.root(), &model_config(&arch), 3, 4);
+        let vars = vs.variables();
+        let entries = layout(&arch, Layout::Jem)
+            .into_iter()
+            .map(|(name, s)| match s {
+                Source::Ours(ours) => (name, vars[&ours].shallow_clone()),
+                Source::Zeros(shape) => (name, Tensor::zeros(shape, (Kind::Float, Device::Cpu))),
+                Source::Counter => unreachable!("no norm, no counters"),
+            })
+            .collect();
+        let r = read_reference(&saved(dir.path(), entries)).unwrap();
+        assert_eq!(r.arch, arch);
+        let on = map_onto(&r, &model_config(&r.arch)).unwrap();
+        let ignored: Vec<&str> = on.ignored.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(ignored, ["f.linear.weight", "f.linear.bias", "energy_output.weight", "energy_output.bias"]);
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let (a, b) = tch::no_grad(|| (net.forward(&x, Mode::Eval), on.net.forward(&x, Mode::Eval)));
+        assert!(a.equal(&b));
+    }
+
     #[test]
     fn wrong_shapes_unknown_and_missing_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
