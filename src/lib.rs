@@ -17,11 +17,15 @@
 //! - [`eval`]: metrics as pure functions (accuracy, calibration, OOD, attack, FID/KID/IS), the
 //!   Inception network ([`eval::inception`]), and the `sadajem eval` driver ([`eval::evaluate`]).
 //! - [`run`]: the run-directory layout every command reads and writes.
-//! - [`pickle`]: the tensors of a `torch.save`'d file (PyTorch checkpoints, weights), without Python.
+//! - [`pickle`]: the `torch.save` file format without Python: its tensors read, nested dicts of
+//!   tensors written.
+//! - [`interop`]: the authors' JEM / JEM++ / SADA-JEM checkpoints → runs (`sadajem import`) and
+//!   runs → their layout (`sadajem export`).
 pub mod config;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod interop;
 pub mod model;
 pub mod optim;
 pub mod pickle;

@@ -6,7 +6,7 @@ use sadajem::data::{self, stats, FolderOptions, Split};
 use sadajem::run::RunDir;
 use sadajem::eval::feature_stats::{self, ImageSpec};
 use sadajem::eval::evaluate;
-use sadajem::{engine, train::trainer};
+use sadajem::{engine, interop, train::trainer};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -72,6 +72,44 @@ enum Command {
         /// Chain settings, e.g. `--set eval.gen_steps=200 --set eval.gen_init=uniform`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// Import a checkpoint of the authors' PyTorch code (JEM, JEM++, SADA-JEM) as a run directory
+    /// that `eval` and `sample` accept. The architecture comes from the tensor shapes.
+    Import {
+        /// A torch.save'd checkpoint ({"model_state_dict", "replay_buffer"}) or state dict, or a
+        /// `sadajem export` file (either format).
+        file: PathBuf,
+        /// The run directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// The dataset the model was trained on (the file cannot say), e.g. data/fashion-mnist.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The preset whose sampler and evaluation settings the run gets (default:
+        /// sadajem-cifar10 for a batch-norm model, jem-cifar10 without norm).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Override a setting, including what the file says, e.g. `--set model.slope=0.1`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Export a run's weights (and replay buffer) in the authors' layout, for their code or
+    /// any PyTorch user; writes FILE and FILE.json (the architecture).
+    Export {
+        run_dir: PathBuf,
+        /// `pytorch` (a torch.save file) or `safetensors`.
+        #[arg(long, default_value = "pytorch")]
+        format: String,
+        /// Default: RUN_DIR/export/<checkpoint>.pt or .safetensors.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `best`, `latest`, or a checkpoint file.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// `sadajem` (the JEM++ and SADA-JEM code) or `jem` (wgrathwohl/JEM, which also expects
+        /// its unused `f.linear`).
+        #[arg(long, default_value = "sadajem")]
+        layout: String,
     },
     /// FID and KID between two image sets, e.g. real vs real: `sadajem fid
     /// data/fashion-mnist:test:5000 data/fashion-mnist:train:10000`.
@@ -227,6 +265,39 @@ fn run() -> Result<()> {
             bar.finish_and_clear();
             sadajem::report::grid::save_grid(&x, &out)?;
             println!("{n} samples ({}) → {}", class.map_or("unconditional".into(), |c| format!("class {c}")), out.display());
+        }
+        Command::Import { file, out, data, preset, overrides } => {
+            engine::init(cli.threads.unwrap_or(0));
+            let opts = interop::ImportOptions { file: &file, out: &out, data: data.as_deref(), preset: preset.as_deref(), overrides: &overrides };
+            let s = interop::import(&opts)?;
+            println!("{} ({}): {}, from the tensor shapes", file.display(), s.format, s.arch.describe());
+            // The batch-norm counters are many and never matter; imported.json lists them all.
+            let counters = s.ignored.iter().filter(|k| k.ends_with(".num_batches_tracked")).count();
+            let mut ignored: Vec<String> = s.ignored.iter().filter(|k| !k.ends_with(".num_batches_tracked")).cloned().collect();
+            if counters > 0 {
+                ignored.push(format!("{counters} num_batches_tracked"));
+            }
+            println!("{} tensors mapped; ignored: {}", s.mapped, if ignored.is_empty() { "none".into() } else { ignored.join(", ") });
+            match &s.buffer {
+                Some(shape) => println!("replay buffer {shape:?} kept as sampler.buffer"),
+                None => println!("no replay buffer"),
+            }
+            for note in &s.notes {
+                println!("note: {note}");
+            }
+            println!("settings of preset {} → {} (see imported.json)", s.preset, out.display());
+        }
+        Command::Export { run_dir, format, out, checkpoint, layout } => {
+            engine::init(cli.threads.unwrap_or(0));
+            let opts = interop::ExportOptions {
+                run_dir: &run_dir,
+                checkpoint: &checkpoint,
+                format: format.parse().context("--format")?,
+                out: out.as_deref(),
+                layout: layout.parse().context("--layout")?,
+            };
+            let (file, about) = interop::export(&opts)?;
+            println!("{} ({format}, {layout} layout) and {}", file.display(), about.display());
         }
         Command::Fid { images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, channels, size } => {
             let threads = engine::init(cli.threads.unwrap_or(0));
