@@ -47,6 +47,15 @@ impl ImageSet {
         let len = self.image_len();
         &self.images[i * len..(i + 1) * len]
     }
+
+    /// Keeps the first `n` images (0 or more than there are: all of them).
+    pub fn keep_first(&mut self, n: usize) {
+        if n > 0 && n < self.n {
+            self.images.truncate(n * self.image_len());
+            self.labels.truncate(n);
+            self.n = n;
+        }
+    }
 }
 
 // Deriving Debug would print every pixel; the shape is what a reader of a log wants.

@@ -71,13 +71,7 @@ impl<'a> Evaluation<'a> {
     pub fn new(cfg: &'a Config, run: &RunDir, checkpoint: &Path) -> Result<Self> {
         let device = crate::engine::parse_device(&cfg.train.device)?;
         let mut test = trainer::load_split(cfg, Split::Test)?;
-        let n_test = match cfg.eval.n_test {
-            0 => test.n,
-            n => n.min(test.n),
-        };
-        test.images.truncate(n_test * test.image_len());
-        test.labels.truncate(n_test);
-        test.n = n_test;
+        test.keep_first(cfg.eval.n_test);
         let vs = nn::VarStore::new(device);
         let net = Wrn::new(&vs.root(), &cfg.model, test.channels as i64, test.num_classes as i64);
         let (tensors, _): (_, Value) = checkpoint::load(checkpoint)?;

@@ -63,15 +63,10 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
     let opts = FolderOptions { channels: d.channels, size: d.image_size };
     let mut set = data::load(&d.dir, format, split, opts)
         .with_context(|| format!("reading the {split} split of data.dir = {}", d.dir.display()))?;
-    let max = match split {
+    set.keep_first(match split {
         Split::Train => d.max_train,
         Split::Test => d.max_test,
-    };
-    if max > 0 && max < set.n {
-        set.images.truncate(max * set.image_len());
-        set.labels.truncate(max);
-        set.n = max;
-    }
+    });
     Ok(set)
 }
 
