@@ -228,6 +228,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Iterations between mid-epoch checkpoints (0 = only at epoch ends).
     pub checkpoint_every: usize,
+    /// Checkpoints kept: `latest.safetensors` and the newest `keep_checkpoints - 1` before it
+    /// as `iter_NNNNNNN.safetensors`, for `--resume` to fall back on when `latest` is damaged.
+    pub keep_checkpoints: usize,
     /// Iterations between sample grids of the replay buffer (0 = only at the end).
     pub sample_every: usize,
     /// On divergence: how many times to roll back to the last checkpoint before giving up ...
@@ -247,6 +250,7 @@ impl Default for TrainConfig {
             threads: 0,
             log_every: 50,
             checkpoint_every: 0,
+            keep_checkpoints: 3,
             sample_every: 0,
             max_rollbacks: 3,
             rollback_lr_factor: 0.5,
@@ -547,6 +551,7 @@ impl Config {
         check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
         check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
         check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
+        check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "expected ≥ 1 (1 = latest.safetensors alone)")?;
         check(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor", t.rollback_lr_factor, "expected a factor in (0, 1]")?;
         let (sm, l) = (&self.sampler, &self.loss);
         check(sm.steps >= 1, "sampler.steps", sm.steps, "expected ≥ 1")?;
