@@ -231,7 +231,7 @@ fn with_every_checkpoint_damaged_resume_says_so_and_then_starts_over() {
     assert!(out.contains("no intact checkpoint left") && out.contains("iter_0000024.safetensors.bad"), "{out}");
     assert!(out.contains("would start the run from the beginning"), "{out}");
     let o = sadajem(&["train", "--resume", run.to_str().unwrap()]);
-    assert!(o.status.success() && text(&o).contains("no checkpoint yet; starting from the beginning"), "{}", text(&o));
+    assert!(o.status.success() && text(&o).contains("no checkpoint to resume from; starting from the beginning"), "{}", text(&o));
 }
 
 /// A failure before training must leave no run directory behind (so the same command can be
@@ -321,7 +321,7 @@ fn a_full_disk_is_refused_before_training_and_the_run_resumes_once_there_is_room
     assert!(!run.join("metrics.jsonl").exists() && names_in(&run.join("checkpoints")).is_empty());
 
     let o = sadajem(&["train", "--resume", run.to_str().unwrap()]);
-    assert!(o.status.success() && text(&o).contains("no checkpoint yet; starting from the beginning"), "{}", text(&o));
+    assert!(o.status.success() && text(&o).contains("no checkpoint to resume from; starting from the beginning"), "{}", text(&o));
 }
 
 #[test]

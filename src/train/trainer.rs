@@ -307,7 +307,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
         Some(_) => println!("resuming {} at epoch {}, iteration {}", run.root.display(), s.state.epoch + 1, s.state.iter),
         None => {
             if resume {
-                println!("{}: no checkpoint yet; starting from the beginning", run.root.display());
+                println!("{}: no checkpoint to resume from; starting from the beginning", run.root.display());
             }
             // A checkpoint before the first step: a run killed early resumes, and an early
             // divergence has somewhere to roll back to.
