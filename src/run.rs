@@ -108,6 +108,12 @@ impl RunDir {
     /// is replaced: a hard link, or a copy where the file system has none; atomic either way.
     pub fn keep_latest_as(&self, iter: usize) -> Result<()> {
         let (src, dst) = (self.latest(), self.numbered(iter));
+        // Already kept by a run killed before it replaced `latest`. (Renaming a link onto
+        // another link of the same file succeeds and does nothing, which would leave the
+        // temporary link behind, holding the file's space after both names are gone.)
+        if same_file(&src, &dst) {
+            return Ok(());
+        }
         let tmp = self.checkpoints().join(format!(".iter_{iter:07}.safetensors.tmp"));
         let _ = std::fs::remove_file(&tmp);
         let keep = || -> std::io::Result<()> {
@@ -224,6 +230,15 @@ impl RunDir {
     }
 }
 
+/// Whether both paths exist and name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// Bytes an unprivileged user may still write on the file system holding `path`, or the value
 /// of [`FREE_BYTES_ENV`] when it is set.
 pub fn free_bytes(path: &Path) -> Result<u64> {
@@ -283,6 +298,13 @@ mod tests {
         };
         assert_eq!(names(&run), ["latest.safetensors", "iter_0000800.safetensors", "iter_0000400.safetensors", "iter_0000000.safetensors"]);
         assert_eq!(std::fs::read_to_string(run.numbered(400)).unwrap(), "400");
+        // Kept again (a resume after a kill between keeping and replacing): no temporary left.
+        write_latest("1600");
+        run.keep_latest_as(1600).unwrap();
+        run.keep_latest_as(1600).unwrap();
+        assert!(!std::fs::read_dir(run.checkpoints()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        std::fs::remove_file(run.numbered(1600)).unwrap();
+        write_latest("1200");
         run.prune_numbered(2).unwrap();
         assert_eq!(names(&run), ["latest.safetensors", "iter_0000800.safetensors", "iter_0000400.safetensors"]);
 

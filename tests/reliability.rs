@@ -105,7 +105,9 @@ fn wait_for_progress(child: &mut Child, run: &Path, lines: usize, log: &Path) {
 fn twenty_kills_at_random_moments_never_leave_a_run_that_cannot_resume() {
     const TRIALS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
-    let settings = ["--set", "train.epochs=6"];
+    // 160 training images: 5 iterations an epoch, so that kills also meet epoch ends
+    // (validation, best.safetensors); 100 iterations in all.
+    let settings = ["--set", "data.max_train=260", "--set", "train.epochs=20"];
 
     let whole = dir.path().join("whole");
     let o = sadajem(&train_args(&whole, &settings));
@@ -116,16 +118,23 @@ fn twenty_kills_at_random_moments_never_leave_a_run_that_cannot_resume() {
     let resume = ["train", "--resume", run_str.as_str()];
     let mut rng = Rng(0x5ADA_7E11_DEAD_BEEF);
     let (mut mid_write, mut before_training) = (0, 0);
+    // How long the first run takes to its first iteration: loading libtorch and the data.
+    let mut start_up = Duration::ZERO;
     for trial in 0..TRIALS {
         let log = dir.path().join(format!("trial-{trial}.log"));
         let lines = metric_lines(&run);
+        let started = Instant::now();
         let mut child = if trial == 0 { spawn(&train_args(&run, &settings), &log) } else { spawn(&resume, &log) };
         if trial % 4 == 3 {
-            // Any moment from start-up on: loading libtorch and the data, restoring, training.
-            std::thread::sleep(Duration::from_millis(rng.below(1500)));
+            // Any moment from the start to the first iterations: loading, restoring, training.
+            let most = start_up.as_micros() as u64 * 6 / 5;
+            std::thread::sleep(Duration::from_micros(rng.below(most)));
         } else {
             // Inside training, where most of the time goes into checkpoint writes.
             wait_for_progress(&mut child, &run, lines, &log);
+            if trial == 0 {
+                start_up = started.elapsed();
+            }
             std::thread::sleep(Duration::from_micros(rng.below(40_000)));
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -154,7 +163,12 @@ fn twenty_kills_at_random_moments_never_leave_a_run_that_cannot_resume() {
     let o = sadajem(&resume);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resuming"), "{}", text(&o));
-    eprintln!("{TRIALS} kills: {mid_write} left a temporary file (killed during a checkpoint write), {before_training} came before any new iteration");
+    let out = text(&o);
+    let from = out.split("iteration ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or("?");
+    eprintln!(
+        "{TRIALS} kills: {mid_write} left a temporary file (killed during a checkpoint write), \
+         {before_training} came before any new iteration; the last resume started at iteration {from} of 100"
+    );
     // Bitwise the uninterrupted run: every kill lost only work that was redone exactly.
     assert_eq!(metrics(&run), metrics(&whole));
     assert_eq!(final_accuracy(&run), final_accuracy(&whole));

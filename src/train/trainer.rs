@@ -302,6 +302,9 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
     run.remove_temporaries()?;
     let resumed = if resume { s.restore_newest(run)? } else { None };
     run.truncate_metrics_after(s.state.iter)?;
+    // A kill between keeping `latest` and pruning leaves one numbered checkpoint too many, and
+    // the setting may have been lowered since.
+    run.prune_numbered(cfg.train.keep_checkpoints - 1)?;
     run.check_space(s.checkpoint_bytes(), cfg.train.keep_checkpoints)?;
     match resumed {
         Some(_) => println!("resuming {} at epoch {}, iteration {}", run.root.display(), s.state.epoch + 1, s.state.iter),
