@@ -24,8 +24,14 @@ failed=()
 for t in "${targets[@]}"; do
   mkdir -p "target/work/$t" "artifacts/$t"
   log="target/logs/$t.log"
-  if "$bin/$t" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-      -artifact_prefix="artifacts/$t/" "target/work/$t" "corpus/$t" >"$log" 2>&1; then
+  "$bin/$t" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+    -artifact_prefix="artifacts/$t/" "target/work/$t" "corpus/$t" >"$log" 2>&1 &
+  pid=$!
+  status=0
+  wait $pid || status=$?
+  # The target's scratch directory (fuzz_targets/common.rs).
+  rm -rf "/dev/shm/sadajem-fuzz-$pid" "${TMPDIR:-/tmp}/sadajem-fuzz-$pid"
+  if [ $status -eq 0 ]; then
     runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 executions in \2 s/p' "$log")
     echo "fuzz $t: $runs, no failure"
   else
