@@ -248,6 +248,21 @@ fn with_every_checkpoint_damaged_resume_says_so_and_then_starts_over() {
     assert!(o.status.success() && text(&o).contains("no checkpoint to resume from; starting from the beginning"), "{}", text(&o));
 }
 
+#[test]
+fn an_intact_checkpoint_of_another_kind_stops_the_resume_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, _, o) = resume_after(dir.path(), |ckpts| {
+        // Checksum and all, but its state is not a training state (say, an imported model).
+        let t = checkpoint::RawTensor { dtype: safetensors::Dtype::F32, shape: vec![1], data: vec![0; 4] };
+        let bytes = checkpoint::encode(&[("model.w".into(), t)], r#"{"imported_from":"x.pt"}"#.into()).unwrap();
+        std::fs::write(ckpts.join("latest.safetensors"), bytes).unwrap();
+    });
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("latest.safetensors: not the kind of checkpoint expected here: its state is not a TrainState"), "{out}");
+    assert!(run.join("checkpoints/latest.safetensors").exists() && !out.contains(".bad"), "{out}");
+}
+
 /// A failure before training must leave no run directory behind (so the same command can be
 /// run again once the mistake is fixed) and print `expected`.
 fn fails_cleanly(extra: &[&str], expected: &[&str]) {

@@ -105,9 +105,13 @@ impl Verified {
         SafeTensors::deserialize(&self.bytes).expect("verified when read")
     }
 
-    /// The state, deserialised.
+    /// The state, deserialised. The file is intact (its checksum held), so a state that does
+    /// not parse means another kind of checkpoint, not damage.
     pub fn state<S: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<S> {
-        serde_json::from_str(&self.state).map_err(|e| damaged(path, format!("its training state does not parse: {e}")))
+        serde_json::from_str(&self.state).map_err(|e| {
+            let kind = std::any::type_name::<S>().rsplit("::").next().unwrap_or("?");
+            anyhow!("{}: not the kind of checkpoint expected here: its state is not a {kind}: {e}", path.display())
+        })
     }
 }
 
@@ -164,7 +168,7 @@ pub fn verify(path: &Path, bytes: Vec<u8>) -> Result<Verified> {
 }
 
 #[cfg(feature = "torch")]
-pub use with_torch::{load, load_model, model_tensors, save};
+pub use with_torch::{load, load_model, model_tensors, save, tensors};
 
 /// Tensors in and out of checkpoint files.
 #[cfg(feature = "torch")]
@@ -191,12 +195,17 @@ mod with_torch {
     pub fn load<S: serde::de::DeserializeOwned>(path: &Path) -> Result<(HashMap<String, Tensor>, S)> {
         let file = read(path)?;
         let state = file.state(path)?;
+        Ok((tensors(&file, path)?, state))
+    }
+
+    /// The tensors of a file [`read`] has checked; `path` is only for messages.
+    pub fn tensors(file: &Verified, path: &Path) -> Result<HashMap<String, Tensor>> {
         let mut tensors = HashMap::new();
         for (name, view) in file.safetensors().tensors() {
-            let t = Tensor::try_from(view).map_err(|e| damaged(path, format!("tensor `{name}`: {e}")))?;
+            let t = Tensor::try_from(view).map_err(|e| anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
             tensors.insert(name, t);
         }
-        Ok((tensors, state))
+        Ok(tensors)
     }
 
     /// The model's variables (parameters and batch-norm buffers) under `prefix`, sorted by name.

@@ -170,9 +170,12 @@ impl Session<'_> {
     fn restore_newest(&mut self, run: &RunDir) -> Result<Option<PathBuf>> {
         let mut damaged = vec![];
         for path in run.checkpoint_candidates()? {
-            match checkpoint::load::<TrainState>(&path) {
-                Ok((tensors, state)) => {
-                    self.restore(&path, &tensors, state)?;
+            // Only a file that fails its checks is damaged; one that passes but does not restore
+            // (another kind of checkpoint, settings changed since) stops the resume.
+            match checkpoint::read(&path) {
+                Ok(file) => {
+                    let state: TrainState = file.state(&path)?;
+                    self.restore(&path, &checkpoint::tensors(&file, &path)?, state)?;
                     self.latest_iter = (path == run.latest()).then_some(self.state.iter);
                     if !damaged.is_empty() {
                         println!("falling back to {} (iteration {})", path.display(), self.state.iter);
