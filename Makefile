@@ -4,14 +4,16 @@
 setup:
 	@scripts/setup-libtorch.sh
 
-# Trains the quick CPU demo on the bundled Fashion-MNIST into runs/demo (replacing an earlier demo).
+# SADA-JEM on the bundled Fashion-MNIST: train, evaluate, report → runs/demo (replacing an
+# earlier demo); prints the summary table.
 demo: setup
-	cargo build --release --quiet
-	rm -rf runs/demo
-	target/release/sadajem train --preset softmax-fashion --run-dir runs/demo
+	scripts/demo.sh
 
+# The unit and end-to-end tests, then the browser test on the report the end-to-end eval test
+# leaves in target/test-artifacts/ (a shortened budget: a 1-epoch SADA-JEM run on 1,000 images).
 test: setup
 	cargo test --no-fail-fast 2>&1
+	scripts/browser-test.sh target/test-artifacts/eval-run/report.html target/test-artifacts
 
 # Every fuzz target (fuzz/: dataset readers, checkpoint files, config) for FUZZ_SECONDS each from
 # its committed seeds; CI runs it after the tests. Installs cargo-fuzz once. No libtorch needed.

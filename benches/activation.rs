@@ -3,22 +3,10 @@
 //! 32×32), and a whole WRN-16-4 forward + backward for scale. Run with
 //! `cargo bench --bench activation` on an otherwise idle machine; results go to
 //! docs/performance.md by hand.
+mod common;
+use common::median_seconds;
 use sadajem::shim;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[reps / 2]
-}
 
 fn main() {
     let threads = sadajem::engine::init(0);

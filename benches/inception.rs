@@ -2,23 +2,11 @@
 //! (resize + forward) in fp32, and the bare TorchScript forward in fp32 and bf16. Run with
 //! `cargo bench --bench inception` on an otherwise idle machine (SADAJEM_INCEPTION or
 //! ../shared/weights); results go to docs/performance.md by hand.
+mod common;
+use common::median_seconds;
 use sadajem::eval::inception::Inception;
 use std::path::PathBuf;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[reps / 2]
-}
 
 fn main() {
     let threads = sadajem::engine::init(0);
@@ -40,7 +28,7 @@ fn main() {
         m.to(Device::Cpu, kind, false);
         let xi = input.to_kind(kind);
         let t = median_seconds(3, || {
-            tch::no_grad(|| m.forward_ts(&[&xi]).unwrap());
+            let _ = tch::no_grad(|| m.forward_ts(&[&xi]).unwrap());
         });
         println!("TorchScript forward {kind:?}: {t:.3} s/batch = {:.1} images/s", batch as f64 / t);
     }

@@ -17,7 +17,10 @@
 //! - [`eval`]: metrics as pure functions (accuracy, calibration, OOD, attack, FID/KID/IS), the
 //!   Inception network ([`eval::inception`]), and the `sadajem eval` driver ([`eval::evaluate`]).
 //! - [`run`]: the run-directory layout every command reads and writes.
-//! - [`pickle`]: the tensors of a `torch.save`'d file (PyTorch checkpoints, weights), without Python.
+//! - [`pickle`]: the `torch.save` file format without Python: its tensors read, nested dicts of
+//!   tensors written.
+//! - [`interop`]: the authors' JEM / JEM++ / SADA-JEM checkpoints → runs (`sadajem import`) and
+//!   runs → their layout (`sadajem export`).
 //!
 //! Everything that needs libtorch sits behind the default `torch` feature; without it the crate
 //! is its file formats alone ([`config`], the [`data`] readers, checkpoint files, [`run`]
@@ -28,6 +31,8 @@ pub mod data;
 pub mod engine;
 #[cfg(feature = "torch")]
 pub mod eval;
+#[cfg(feature = "torch")]
+pub mod interop;
 #[cfg(feature = "torch")]
 pub mod model;
 #[cfg(feature = "torch")]

@@ -6,7 +6,7 @@ use sadajem::data::{self, stats, FolderOptions, Split};
 use sadajem::run::RunDir;
 use sadajem::eval::feature_stats::{self, ImageSpec};
 use sadajem::eval::evaluate;
-use sadajem::{engine, train::trainer};
+use sadajem::{engine, interop, train::trainer};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -73,6 +73,44 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Import a checkpoint of the authors' PyTorch code (JEM, JEM++, SADA-JEM) as a run directory
+    /// that `eval` and `sample` accept. The architecture comes from the tensor shapes.
+    Import {
+        /// A torch.save'd checkpoint ({"model_state_dict", "replay_buffer"}) or state dict, or a
+        /// `sadajem export` file (either format).
+        file: PathBuf,
+        /// The run directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// The dataset the model was trained on (the file cannot say), e.g. data/fashion-mnist.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The preset whose sampler and evaluation settings the run gets (default:
+        /// sadajem-cifar10 for a batch-norm model, jem-cifar10 without norm).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Override a setting, including what the file says, e.g. `--set model.slope=0.1`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Export a run's weights (and replay buffer) in the authors' layout, for their code or
+    /// any PyTorch user; writes FILE and FILE.json (the architecture).
+    Export {
+        run_dir: PathBuf,
+        /// `pytorch` (a torch.save file) or `safetensors`.
+        #[arg(long, default_value = "pytorch")]
+        format: String,
+        /// Default: RUN_DIR/export/<checkpoint>.pt or .safetensors.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `best`, `latest`, or a checkpoint file.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// `sadajem` (the JEM++ and SADA-JEM code) or `jem` (wgrathwohl/JEM, which also expects
+        /// its unused `f.linear`).
+        #[arg(long, default_value = "sadajem")]
+        layout: String,
+    },
     /// FID and KID between two image sets, e.g. real vs real: `sadajem fid
     /// data/fashion-mnist:test:5000 data/fashion-mnist:train:10000`.
     Fid {
@@ -98,6 +136,19 @@ enum Command {
         channels: usize,
         #[arg(long, default_value_t = 32)]
         size: usize,
+    },
+    /// Write RUN_DIR/report.html: config, training curves, samples, evaluation results and plots
+    /// in one self-contained page; prints the summary table.
+    Report {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+    /// Compare runs: OUT/comparison.md (one column per run) and OUT/robustness.png.
+    Compare {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
     },
     /// Dataset tools.
     Data {
@@ -220,6 +271,39 @@ fn run() -> Result<()> {
             sadajem::report::grid::save_grid(&x, &out)?;
             println!("{n} samples ({}) → {}", class.map_or("unconditional".into(), |c| format!("class {c}")), out.display());
         }
+        Command::Import { file, out, data, preset, overrides } => {
+            engine::init(cli.threads.unwrap_or(0));
+            let opts = interop::ImportOptions { file: &file, out: &out, data: data.as_deref(), preset: preset.as_deref(), overrides: &overrides };
+            let s = interop::import(&opts)?;
+            println!("{} ({}): {}, from the tensor shapes", file.display(), s.format, s.arch.describe());
+            // The batch-norm counters are many and never matter; imported.json lists them all.
+            let counters = s.ignored.iter().filter(|k| k.ends_with(".num_batches_tracked")).count();
+            let mut ignored: Vec<String> = s.ignored.iter().filter(|k| !k.ends_with(".num_batches_tracked")).cloned().collect();
+            if counters > 0 {
+                ignored.push(format!("{counters} num_batches_tracked"));
+            }
+            println!("{} tensors mapped; ignored: {}", s.mapped, if ignored.is_empty() { "none".into() } else { ignored.join(", ") });
+            match &s.buffer {
+                Some(shape) => println!("replay buffer {shape:?} kept as sampler.buffer"),
+                None => println!("no replay buffer"),
+            }
+            for note in &s.notes {
+                println!("note: {note}");
+            }
+            println!("settings of preset {} → {} (see imported.json)", s.preset, out.display());
+        }
+        Command::Export { run_dir, format, out, checkpoint, layout } => {
+            engine::init(cli.threads.unwrap_or(0));
+            let opts = interop::ExportOptions {
+                run_dir: &run_dir,
+                checkpoint: &checkpoint,
+                format: format.parse().context("--format")?,
+                out: out.as_deref(),
+                layout: layout.parse().context("--layout")?,
+            };
+            let (file, about) = interop::export(&opts)?;
+            println!("{} ({format}, {layout} layout) and {}", file.display(), about.display());
+        }
         Command::Fid { images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, channels, size } => {
             let threads = engine::init(cli.threads.unwrap_or(0));
             let (images, reference): (ImageSpec, ImageSpec) = (images.parse()?, reference.parse()?);
@@ -232,6 +316,17 @@ fn run() -> Result<()> {
             let opts = FolderOptions { channels, size };
             let r = feature_stats::compare_specs(&images, &reference, &network, &cache, opts, (kid_subsets, kid_subset_size), seed)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Report { run_dir } => {
+            let run = RunDir::open(&run_dir)?;
+            let path = sadajem::report::html::write(&run)?;
+            print_summary(&sadajem::report::html::summary(&run));
+            println!("report → {}", path.display());
+        }
+        Command::Compare { out, run_dirs } => {
+            let runs = run_dirs.iter().map(|d| RunDir::open(d)).collect::<Result<Vec<_>>>()?;
+            print!("{}", sadajem::report::compare::write(&runs, &out)?);
+            println!("comparison → {}", out.join("comparison.md").display());
         }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => {
             engine::init(cli.threads.unwrap_or(0));
@@ -259,6 +354,14 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The summary rows as an aligned two-column table.
+fn print_summary(rows: &[(String, String)]) {
+    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    for (k, v) in rows {
+        println!("  {k:<width$}  {v}");
+    }
 }
 
 fn default_run_dir(preset: Option<&str>) -> PathBuf {

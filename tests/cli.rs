@@ -243,9 +243,11 @@ fn inception_file() -> Option<std::path::PathBuf> {
 }
 
 #[test]
-fn eval_writes_every_metric_and_plot_and_sample_draws_a_grid() {
+fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
+    // Kept after the test: scripts/browser-test.sh opens its report.html.
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/eval-run");
+    let _ = std::fs::remove_dir_all(&run);
     let o = train_jem(&run, &["--set", "train.epochs=1"]);
     assert!(o.status.success(), "{}", text(&o));
     let cache = dir.path().join("cache");
@@ -318,6 +320,14 @@ fn eval_writes_every_metric_and_plot_and_sample_draws_a_grid() {
         assert!(out.contains("skipping fid"), "{out}");
     }
 
+    let o = sadajem(&["report", "--run-dir", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("test accuracy"), "the summary table is printed: {}", text(&o));
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    let images = html.matches("src=\"data:image/png;base64,").count();
+    assert!(images >= 20, "curves, samples, reliability, 12 OOD histograms, robustness: {images}");
+    assert!(!html.contains("missing:"), "every image the results name exists");
+
     let png = dir.path().join("class3.png");
     let o = sadajem(&["sample", "--run-dir", run.to_str().unwrap(), "--n", "6", "--class", "3", "--out", png.to_str().unwrap(), "--set", "eval.gen_steps=2"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -326,4 +336,74 @@ fn eval_writes_every_metric_and_plot_and_sample_draws_a_grid() {
     assert!(!o.status.success() && text(&o).contains("--class 10"), "{}", text(&o));
     let o = sadajem(&["eval", "--run-dir", run.to_str().unwrap(), "--only", "accuracy,bogus"]);
     assert!(!o.status.success() && text(&o).contains("bogus"), "{}", text(&o));
+}
+
+/// The authors' checkpoint layout in (scripts/make-reference-fixture.py: a WRN-10-1 on
+/// Fashion-MNIST's shape), evaluated and sampled, exported in both formats and imported again.
+#[test]
+fn import_eval_export_and_reimport_a_reference_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let fixture = "tests/fixtures/reference/checkpoint.pt";
+    let o = sadajem(&["import", fixture, "--out", run_s, "--data", "data/fashion-mnist"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("WRN-10-1") && out.contains("energy_output.weight") && out.contains("[16, 1, 28, 28]"), "{out}");
+    let imported: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("imported.json")).unwrap()).unwrap();
+    assert_eq!(imported["architecture"]["depth"], 10);
+    assert_eq!(imported["mapping"].as_array().unwrap().len(), 48);
+    let shortcut = imported["mapping"].as_array().unwrap().iter().find(|m| m["from"] == "f.layer2.0.shortcut.0.weight").unwrap();
+    assert_eq!(shortcut["to"], "model.layer2.0.shortcut.weight");
+
+    let o = sadajem(&[
+        "eval", "--run-dir", run_s, "--only", "accuracy,calibration,generation",
+        "--set", "eval.n_test=100", "--set", "eval.gen_n=4", "--set", "eval.gen_per_class=1",
+        "--set", "eval.gen_steps=2", "--set", "eval.gen_init=uniform",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["accuracy.json", "calibration.json", "generation.json", "samples_buffer.png"] {
+        assert!(run.join("eval").join(f).exists(), "missing eval/{f}");
+    }
+    let png = dir.path().join("s.png");
+    let o = sadajem(&["sample", "--run-dir", run_s, "--n", "4", "--out", png.to_str().unwrap(), "--set", "eval.gen_steps=2", "--set", "eval.gen_init=uniform"]);
+    assert!(o.status.success() && png.exists(), "{}", text(&o));
+
+    let model = |run: &Path| {
+        let (t, _): (std::collections::HashMap<String, tch::Tensor>, serde_json::Value) =
+            sadajem::train::checkpoint::load(&run.join("checkpoints/best.safetensors")).unwrap();
+        t
+    };
+    let original = model(&run);
+    for (format, file) in [("pytorch", "w.pt"), ("safetensors", "w.safetensors")] {
+        let file = dir.path().join(file);
+        let o = sadajem(&["export", run_s, "--format", format, "--out", file.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(sidecar(&file).exists());
+        let again = dir.path().join(format!("again-{format}"));
+        let o = sadajem(&["import", file.to_str().unwrap(), "--out", again.to_str().unwrap(), "--data", "data/fashion-mnist"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let back = model(&again);
+        assert_eq!(back.len(), original.len(), "{format}");
+        assert!(original.iter().all(|(k, t)| back[k].equal(t)), "{format}: the weights and buffer come back bit for bit");
+    }
+
+    // Bad input: not a PyTorch file; weights of another width; a dataset of another shape.
+    let o = sadajem(&["import", "README.md", "--out", dir.path().join("bad").to_str().unwrap(), "--data", "data/fashion-mnist"]);
+    assert!(!o.status.success() && text(&o).contains("README.md") && text(&o).contains("not a PyTorch file"), "{}", text(&o));
+    let bad = dir.path().join("bad2");
+    let o = sadajem(&["import", fixture, "--out", bad.to_str().unwrap(), "--data", "data/fashion-mnist", "--set", "model.widen=2"]);
+    let out = text(&o);
+    assert!(!o.status.success() && out.contains("`f.layer1.0.conv1.weight`") && out.contains("[16, 16, 3, 3]") && out.contains("[32, 16, 3, 3]"), "{out}");
+    assert!(!bad.exists(), "a failed import writes nothing");
+    let o = sadajem(&["import", fixture, "--out", bad.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("--data"), "{}", text(&o));
+    let o = sadajem(&["export", run_s, "--format", "onnx"]);
+    assert!(!o.status.success() && text(&o).contains("pytorch"), "{}", text(&o));
+}
+
+fn sidecar(file: &Path) -> std::path::PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".json");
+    s.into()
 }

@@ -3,6 +3,11 @@
 //! scikit-learn's `roc_auc_score`; FPR95 is the false-positive rate at the first threshold whose
 //! true-positive rate reaches 95 %.
 
+/// Every score with whether it is in-distribution.
+fn labelled(scores_in: &[f64], scores_out: &[f64]) -> Vec<(f64, bool)> {
+    scores_in.iter().map(|&s| (s, true)).chain(scores_out.iter().map(|&s| (s, false))).collect()
+}
+
 /// Area under the ROC curve = P(score_in > score_out) + ½·P(equal), by the rank-sum
 /// (Mann–Whitney) identity with average ranks for ties. NaN if either set is empty.
 pub fn auroc(scores_in: &[f64], scores_out: &[f64]) -> f64 {
@@ -10,8 +15,7 @@ pub fn auroc(scores_in: &[f64], scores_out: &[f64]) -> f64 {
     if p == 0 || n == 0 {
         return f64::NAN;
     }
-    let mut all: Vec<(f64, bool)> =
-        scores_in.iter().map(|&s| (s, true)).chain(scores_out.iter().map(|&s| (s, false))).collect();
+    let mut all = labelled(scores_in, scores_out);
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut rank_sum_in = 0.0;
     let mut start = 0;
@@ -36,8 +40,7 @@ pub fn fpr_at_tpr(scores_in: &[f64], scores_out: &[f64], tpr_target: f64) -> f64
     if p == 0 || n == 0 {
         return f64::NAN;
     }
-    let mut all: Vec<(f64, bool)> =
-        scores_in.iter().map(|&s| (s, true)).chain(scores_out.iter().map(|&s| (s, false))).collect();
+    let mut all = labelled(scores_in, scores_out);
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     let (mut tp, mut fp) = (0usize, 0usize);
     let mut i = 0;

@@ -1,3 +1,5 @@
-//! What a person looks at: sample grids and plots now; the HTML report later.
+//! What a person looks at: sample grids, plots, and the HTML run report.
+pub mod compare;
 pub mod grid;
+pub mod html;
 pub mod plots;
