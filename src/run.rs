@@ -92,7 +92,7 @@ impl RunDir {
                 out.push((iter, path));
             }
         }
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|e| std::cmp::Reverse(e.0));
         Ok(out)
     }
 
