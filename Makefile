@@ -1,5 +1,5 @@
 # The README's two commands. Each does all its own set-up.
-.PHONY: demo test setup
+.PHONY: demo test setup fuzz-smoke
 
 setup:
 	@scripts/setup-libtorch.sh
@@ -14,3 +14,10 @@ demo: setup
 test: setup
 	cargo test --no-fail-fast 2>&1
 	scripts/browser-test.sh target/test-artifacts/eval-run/report.html target/test-artifacts
+
+# Every fuzz target (fuzz/: dataset readers, checkpoint files, config) for FUZZ_SECONDS each from
+# its committed seeds; CI runs it after the tests. Installs cargo-fuzz once. No libtorch needed.
+FUZZ_SECONDS ?= 15
+fuzz-smoke:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+	fuzz/run.sh $(FUZZ_SECONDS)

@@ -2,6 +2,10 @@
 use std::path::PathBuf;
 
 fn main() {
+    // Without the `torch` feature (the fuzz targets' build) there is no libtorch to compile against.
+    if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
+        return;
+    }
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let libtorch = PathBuf::from(std::env::var("LIBTORCH").unwrap_or_else(|_| {

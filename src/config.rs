@@ -21,6 +21,8 @@ pub enum ConfigError {
     Invalid { source_name: String, message: String },
     #[error("setting `{key}` = {value}: {expected}")]
     OutOfRange { key: &'static str, value: String, expected: &'static str },
+    #[error("setting `{key}` = {value}: expected a finite number")]
+    NotFinite { key: String, value: f64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +230,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Iterations between mid-epoch checkpoints (0 = only at epoch ends).
     pub checkpoint_every: usize,
+    /// Checkpoints kept: `latest.safetensors` and the newest `keep_checkpoints - 1` before it
+    /// as `iter_NNNNNNN.safetensors`, for `--resume` to fall back on when `latest` is damaged.
+    pub keep_checkpoints: usize,
     /// Iterations between sample grids of the replay buffer (0 = only at the end).
     pub sample_every: usize,
     /// On divergence: how many times to roll back to the last checkpoint before giving up ...
@@ -247,6 +252,7 @@ impl Default for TrainConfig {
             threads: 0,
             log_every: 50,
             checkpoint_every: 0,
+            keep_checkpoints: 3,
             sample_every: 0,
             max_rollbacks: 3,
             rollback_lr_factor: 0.5,
@@ -514,6 +520,7 @@ impl Config {
                 Err(ConfigError::OutOfRange { key, value: value.to_string(), expected })
             }
         }
+        check_finite(&toml::Value::try_from(self).expect("config serialises"), "")?;
         let (m, d, o, t) = (&self.model, &self.data, &self.optim, &self.train);
         check(m.depth >= 10 && (m.depth - 4) % 6 == 0, "model.depth", m.depth, "expected 6n+4 with n ≥ 1 (10, 16, 22, 28, ...)")?;
         check(m.widen >= 1, "model.widen", m.widen, "expected an integer ≥ 1")?;
@@ -547,6 +554,7 @@ impl Config {
         check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
         check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
         check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
+        check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "expected ≥ 1 (1 = latest.safetensors alone)")?;
         check(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor", t.rollback_lr_factor, "expected a factor in (0, 1]")?;
         let (sm, l) = (&self.sampler, &self.loss);
         check(sm.steps >= 1, "sampler.steps", sm.steps, "expected ≥ 1")?;
@@ -562,6 +570,15 @@ impl Config {
         check(l.diverge_at > 0.0, "loss.diverge_at", l.diverge_at, "expected > 0")?;
         let e = &self.eval;
         check(e.ece_bins >= 1, "eval.ece_bins", e.ece_bins, "expected ≥ 1")?;
+        for (key, v) in [
+            ("eval.refine_step_size", e.refine_step_size),
+            ("eval.refine_noise", e.refine_noise),
+            ("eval.gen_step_size", e.gen_step_size),
+            ("eval.gen_noise", e.gen_noise),
+            ("eval.pgd_step_size", e.pgd_step_size),
+        ] {
+            check(v >= 0.0, key, v, "expected ≥ 0")?;
+        }
         check(
             e.pgd_norms.iter().all(|n| n == "linf" || n == "l2"),
             "eval.pgd_norms",
@@ -588,6 +605,17 @@ impl Config {
         check(e.kid_subsets >= 1 && e.kid_subset_size >= 2, "eval.kid_subsets / eval.kid_subset_size", format!("{} / {}", e.kid_subsets, e.kid_subset_size), "expected ≥ 1 subset of ≥ 2")?;
         check(e.is_splits >= 1, "eval.is_splits", e.is_splits, "expected ≥ 1")?;
         Ok(())
+    }
+}
+
+/// NaN or an infinity in any setting is a typo or an overflow, never a choice; the range checks
+/// in `validate` would let some through (NaN fails every comparison, so `!(x < 0)` passes it).
+fn check_finite(value: &toml::Value, key: &str) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Err(ConfigError::NotFinite { key: key.to_string(), value: *f }),
+        toml::Value::Table(t) => t.iter().try_for_each(|(k, v)| check_finite(v, &if key.is_empty() { k.clone() } else { format!("{key}.{k}") })),
+        toml::Value::Array(a) => a.iter().try_for_each(|v| check_finite(v, key)),
+        _ => Ok(()),
     }
 }
 
@@ -709,6 +737,17 @@ mod tests {
         let e = with(&["optim.lr=fast"]).unwrap_err().to_string();
         assert!(e.contains("optim.lr") && e.contains("fast"), "{e}");
         assert!(with(&["nokey"]).unwrap_err().to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn nan_and_infinities_are_refused_everywhere() {
+        for kv in ["eval.refine_step_size=nan", "optim.lr=inf", "data.noise=inf", "eval.pgd_linf_eps=[1.0, nan]", "loss.diverge_at=-inf"] {
+            let e = with(&[kv]).unwrap_err().to_string();
+            let key = kv.split('=').next().unwrap();
+            assert!(e.contains(&format!("`{key}`")) && e.contains("expected a finite number"), "{kv}: {e}");
+        }
+        let e = with(&["eval.gen_noise=-0.1"]).unwrap_err().to_string();
+        assert!(e.contains("eval.gen_noise") && e.contains("≥ 0"), "{e}");
     }
 
     #[test]

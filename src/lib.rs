@@ -21,16 +21,29 @@
 //!   tensors written.
 //! - [`interop`]: the authors' JEM / JEM++ / SADA-JEM checkpoints → runs (`sadajem import`) and
 //!   runs → their layout (`sadajem export`).
+//!
+//! Everything that needs libtorch sits behind the default `torch` feature; without it the crate
+//! is its file formats alone ([`config`], the [`data`] readers, checkpoint files, [`run`]
+//! directories), which is what the fuzz targets in `fuzz/` build against.
 pub mod config;
 pub mod data;
+#[cfg(feature = "torch")]
 pub mod engine;
+#[cfg(feature = "torch")]
 pub mod eval;
+#[cfg(feature = "torch")]
 pub mod interop;
+#[cfg(feature = "torch")]
 pub mod model;
+#[cfg(feature = "torch")]
 pub mod optim;
+#[cfg(feature = "torch")]
 pub mod pickle;
+#[cfg(feature = "torch")]
 pub mod report;
 pub mod run;
+#[cfg(feature = "torch")]
 pub mod sampler;
+#[cfg(feature = "torch")]
 pub mod shim;
 pub mod train;

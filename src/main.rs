@@ -186,21 +186,26 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Train { preset, config, overrides, run_dir, resume } => {
-            let (cfg, run, resuming) = match resume {
-                Some(dir) => {
-                    let run = RunDir::open(&dir)?;
-                    (Config::load(&run.config())?, run, true)
-                }
+            let (cfg, root, resuming) = match resume {
+                Some(dir) => (Config::load(&RunDir::open(&dir)?.config())?, dir, true),
                 None => {
                     let sources = Sources { preset: preset.as_deref(), file: config.as_deref(), overrides: &overrides };
-                    let cfg = Config::from_sources(&sources)?;
-                    let dir = run_dir.unwrap_or_else(|| default_run_dir(preset.as_deref()));
-                    let run = RunDir::create(&dir)?;
-                    sadajem::train::checkpoint::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
-                    (cfg, run, false)
+                    (Config::from_sources(&sources)?, run_dir.unwrap_or_else(|| default_run_dir(preset.as_deref())), false)
                 }
             };
             let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
+            // The device and the data are checked before the run directory is touched, so a
+            // mistake in either leaves nothing behind to clean up.
+            let inputs = trainer::Inputs::load(&cfg)?;
+            let run = if resuming {
+                let run = RunDir::open(&root)?;
+                run.check_writable()?;
+                run
+            } else {
+                let run = RunDir::create(&root)?;
+                sadajem::train::checkpoint::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
+                run
+            };
             println!(
                 "training {} (recipe {:?}, WRN-{}-{}) on {} with {threads} thread(s) → {}",
                 cfg.data.dir.display(),
@@ -210,7 +215,7 @@ fn run() -> Result<()> {
                 cfg.train.device,
                 run.root.display()
             );
-            let s = trainer::train(&cfg, &run, resuming)?;
+            let s = trainer::train(&cfg, &run, resuming, inputs)?;
             println!(
                 "done in {:.0} s: test accuracy {:.2}% (final), {:.2}% (best validation checkpoint, valid {:.2}%) → {}",
                 s.train_seconds,

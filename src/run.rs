@@ -1,8 +1,15 @@
 //! A run is a directory (design.md): `config.toml`, `metrics.jsonl`, `checkpoints/`,
 //! `final.json`. Every command reads and writes runs through this one layout.
+//!
+//! `checkpoints/` holds `latest.safetensors`, the older ones kept beside it as
+//! `iter_NNNNNNN.safetensors` (hard links, so keeping one costs no copy), and
+//! `best.safetensors`. A damaged checkpoint found on resume is renamed `NAME.bad`.
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Tests set this to play out a full disk without filling one (see [`free_bytes`]).
+pub const FREE_BYTES_ENV: &str = "SADAJEM_TEST_FREE_BYTES";
 
 #[derive(Debug)]
 pub struct RunDir {
@@ -22,11 +29,21 @@ impl RunDir {
         }
         std::fs::create_dir_all(run.checkpoints())
             .with_context(|| format!("{}: cannot create the run directory", root.display()))?;
-        // Fail now, not after an hour of training, if the directory is not writable.
-        let probe = root.join(".write-test");
-        std::fs::write(&probe, b"ok").with_context(|| format!("{}: run directory is not writable", root.display()))?;
-        std::fs::remove_file(probe)?;
+        run.check_writable()?;
         Ok(run)
+    }
+
+    /// Fails now, not after an hour of training, if the run directory or its `checkpoints/`
+    /// cannot be written (creating `checkpoints/` if it went missing).
+    pub fn check_writable(&self) -> Result<()> {
+        std::fs::create_dir_all(self.checkpoints())
+            .with_context(|| format!("{}: cannot create", self.checkpoints().display()))?;
+        for dir in [&self.root, &self.checkpoints()] {
+            let probe = dir.join(".write-test");
+            std::fs::write(&probe, b"ok").with_context(|| format!("{}: run directory is not writable", dir.display()))?;
+            std::fs::remove_file(probe)?;
+        }
+        Ok(())
     }
 
     /// Opens an existing run directory.
@@ -52,6 +69,127 @@ impl RunDir {
     }
     pub fn best(&self) -> PathBuf {
         self.checkpoints().join("best.safetensors")
+    }
+    /// An older checkpoint kept beside `latest`, by the iteration it holds.
+    pub fn numbered(&self, iter: usize) -> PathBuf {
+        self.checkpoints().join(format!("iter_{iter:07}.safetensors"))
+    }
+
+    /// The numbered checkpoints and their iterations, newest first.
+    fn numbered_checkpoints(&self) -> Result<Vec<(usize, PathBuf)>> {
+        let dir = self.checkpoints();
+        let mut out = vec![];
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
+        };
+        for entry in entries {
+            let path = entry.with_context(|| format!("{}: cannot list", dir.display()))?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let iter = name.strip_prefix("iter_").and_then(|n| n.strip_suffix(".safetensors")).and_then(|n| n.parse().ok());
+            if let Some(iter) = iter {
+                out.push((iter, path));
+            }
+        }
+        out.sort_by_key(|e| std::cmp::Reverse(e.0));
+        Ok(out)
+    }
+
+    /// The checkpoints a resume may start from, newest first: `latest`, then the numbered ones.
+    pub fn checkpoint_candidates(&self) -> Result<Vec<PathBuf>> {
+        let latest = self.latest();
+        let mut out: Vec<PathBuf> = latest.exists().then_some(latest).into_iter().collect();
+        out.extend(self.numbered_checkpoints()?.into_iter().map(|(_, p)| p));
+        Ok(out)
+    }
+
+    /// Keeps the current `latest` (holding iteration `iter`) as a numbered checkpoint before it
+    /// is replaced: a hard link, or a copy where the file system has none; atomic either way.
+    pub fn keep_latest_as(&self, iter: usize) -> Result<()> {
+        let (src, dst) = (self.latest(), self.numbered(iter));
+        // Already kept by a run killed before it replaced `latest`. (Renaming a link onto
+        // another link of the same file succeeds and does nothing, which would leave the
+        // temporary link behind, holding the file's space after both names are gone.)
+        if same_file(&src, &dst) {
+            return Ok(());
+        }
+        let tmp = self.checkpoints().join(format!(".iter_{iter:07}.safetensors.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let keep = || -> std::io::Result<()> {
+            if std::fs::hard_link(&src, &tmp).is_err() {
+                std::fs::copy(&src, &tmp)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+            }
+            std::fs::rename(&tmp, &dst)
+        };
+        keep().with_context(|| format!("{}: cannot keep {} as it", dst.display(), src.display()))
+    }
+
+    /// Deletes numbered checkpoints beyond the newest `keep`.
+    pub fn prune_numbered(&self, keep: usize) -> Result<()> {
+        for (_, path) in self.numbered_checkpoints()?.into_iter().skip(keep) {
+            std::fs::remove_file(&path).with_context(|| format!("{}: cannot delete", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Renames a damaged checkpoint to `NAME.bad`, out of the way of later resumes and pruning
+    /// but still there to look at; returns the new name.
+    pub fn set_aside(&self, path: &Path) -> Result<PathBuf> {
+        let mut bad = path.as_os_str().to_owned();
+        bad.push(".bad");
+        let bad = PathBuf::from(bad);
+        std::fs::rename(path, &bad).with_context(|| format!("{}: cannot rename to {}", path.display(), bad.display()))?;
+        Ok(bad)
+    }
+
+    /// Removes the temporary files of writes a crash interrupted (`.NAME.tmp`).
+    pub fn remove_temporaries(&self) -> Result<()> {
+        let dir = self.checkpoints();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                std::fs::remove_file(entry.path()).with_context(|| format!("{}: cannot delete", entry.path().display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the checkpoint files take now, each file once however many names it has.
+    pub fn checkpoint_bytes_on_disk(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return 0 };
+        let mut seen = std::collections::HashSet::new();
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file() && seen.insert(m.ino()))
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Fails unless the run's file system has room for `keep` checkpoints of `bytes` each (at
+    /// least until pruning catches up), `best.safetensors` and one being written, counting what
+    /// the checkpoints already take.
+    pub fn check_space(&self, bytes: u64, keep: usize) -> Result<()> {
+        let need = ((keep as u64 + 2) * bytes).saturating_sub(self.checkpoint_bytes_on_disk()).max(bytes);
+        let free = free_bytes(&self.checkpoints())?;
+        if free < need {
+            bail!(
+                "{}: not enough free space for this run's checkpoints: {} free, about {} needed \
+                 ({keep} kept of {} each (train.keep_checkpoints), best.safetensors and one being written); \
+                 free some space or lower train.keep_checkpoints in {}, then `sadajem train --resume {}`",
+                self.checkpoints().display(),
+                human_bytes(free),
+                human_bytes(need),
+                human_bytes(bytes),
+                self.config().display(),
+                self.root.display()
+            );
+        }
+        Ok(())
     }
     pub fn final_results(&self) -> PathBuf {
         self.root.join("final.json")
@@ -92,6 +230,40 @@ impl RunDir {
     }
 }
 
+/// Whether both paths exist and name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Bytes an unprivileged user may still write on the file system holding `path`, or the value
+/// of [`FREE_BYTES_ENV`] when it is set.
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    if let Some(v) = std::env::var_os(FREE_BYTES_ENV) {
+        return v.to_string_lossy().parse().with_context(|| format!("{FREE_BYTES_ENV}={v:?}: expected a number of bytes"));
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).context("a path with a NUL byte")?;
+    // SAFETY: statvfs writes only into the struct it is given; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("{}: cannot tell the free space", path.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// `1.5 GB`, `320 MB`, `12 kB`: for messages.
+pub fn human_bytes(n: u64) -> String {
+    let units = [(1e9, "GB"), (1e6, "MB"), (1e3, "kB")];
+    units
+        .iter()
+        .find(|(size, _)| n as f64 >= *size)
+        .map_or(format!("{n} bytes"), |(size, unit)| format!("{:.1} {unit}", n as f64 / size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +278,62 @@ mod tests {
         run.truncate_metrics_after(20).unwrap();
         let text = std::fs::read_to_string(run.metrics()).unwrap();
         assert_eq!(text, "{\"iter\":10}\n{\"iter\":20}\n");
+    }
+
+    #[test]
+    fn numbered_checkpoints_are_kept_newest_first_and_pruned_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(&dir.path().join("r")).unwrap();
+        assert!(run.checkpoint_candidates().unwrap().is_empty());
+        // As training does: keep the current latest, then replace it by renaming over it.
+        let write_latest = |text: &str| crate::train::checkpoint::write_atomic(&run.latest(), text.as_bytes()).unwrap();
+        for iter in [0, 400, 800] {
+            write_latest(&format!("{iter}"));
+            run.keep_latest_as(iter).unwrap();
+        }
+        write_latest("1200");
+        std::fs::write(run.checkpoints().join("notes.txt"), "x").unwrap();
+        let names = |run: &RunDir| -> Vec<String> {
+            run.checkpoint_candidates().unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(names(&run), ["latest.safetensors", "iter_0000800.safetensors", "iter_0000400.safetensors", "iter_0000000.safetensors"]);
+        assert_eq!(std::fs::read_to_string(run.numbered(400)).unwrap(), "400");
+        // Kept again (a resume after a kill between keeping and replacing): no temporary left.
+        write_latest("1600");
+        run.keep_latest_as(1600).unwrap();
+        run.keep_latest_as(1600).unwrap();
+        assert!(!std::fs::read_dir(run.checkpoints()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        std::fs::remove_file(run.numbered(1600)).unwrap();
+        write_latest("1200");
+        run.prune_numbered(2).unwrap();
+        assert_eq!(names(&run), ["latest.safetensors", "iter_0000800.safetensors", "iter_0000400.safetensors"]);
+
+        let bad = run.set_aside(&run.latest()).unwrap();
+        assert!(bad.ends_with("latest.safetensors.bad") && bad.exists());
+        assert_eq!(names(&run), ["iter_0000800.safetensors", "iter_0000400.safetensors"]);
+        // Hard links count once.
+        assert_eq!(run.checkpoint_bytes_on_disk(), ["800", "400", "1200", "x"].iter().map(|s| s.len() as u64).sum::<u64>());
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        std::fs::write(run.checkpoints().join(".latest.safetensors.tmp"), "half").unwrap();
+        run.remove_temporaries().unwrap();
+        assert_eq!(std::fs::read_dir(run.checkpoints()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn too_little_space_is_refused_before_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        assert!(run.check_space(1000, 3).is_ok(), "a real disk has room for 5 kB");
+        let free = free_bytes(dir.path()).unwrap();
+        let e = run.check_space(free, 3).unwrap_err().to_string();
+        assert!(e.contains("not enough free space") && e.contains("train.keep_checkpoints") && e.contains("--resume"), "{e}");
+        assert_eq!(human_bytes(1_500_000_000), "1.5 GB");
+        assert_eq!(human_bytes(999), "999 bytes");
     }
 
     #[test]

@@ -10,12 +10,10 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is part of the message, not a `source()`: a chain printed with `{:#}` (as
+    // the CLI does) would otherwise say it twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
 
     #[error("no such file; expected {} in {}", one_of(expected), dir.display())]
     MissingFile { dir: PathBuf, expected: Vec<String> },
@@ -61,11 +59,10 @@ pub enum DataError {
         n_labels: usize,
     },
 
-    #[error("{}: cannot decode image: {source}", path.display())]
+    #[error("{}: cannot decode image: {error}", path.display())]
     Image {
         path: PathBuf,
-        #[source]
-        source: image::ImageError,
+        error: image::ImageError,
     },
 
     #[error("{}: no images found; {detail}", path.display())]
@@ -94,10 +91,10 @@ fn one_of(names: &[String]) -> String {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use image::imageops::{self, FilterType};
-use image::{ImageBuffer, ImageReader, Pixel};
+use image::{DynamicImage, GenericImageView, ImageReader, Limits, RgbaImage};
 use serde::{Deserialize, Serialize};
 
 use super::{DataError, ImageSet, Split};
@@ -40,6 +40,12 @@ impl Default for FolderOptions {
 
 /// Larger sides are almost certainly a typo, and would make a folder of photos take gigabytes.
 const MAX_SIZE: usize = 4096;
+
+/// What one image file may cost to decode: sides up to this (a 250-megapixel photo) ...
+const MAX_DECODE_SIDE: u32 = 16384;
+/// ... and this much memory for the decoded pixels (the image crate's default, stated here
+/// because it is what bounds a file that claims a huge image in a few compressed bytes).
+const MAX_DECODE_BYTES: u64 = 512 << 20;
 
 impl FolderOptions {
     fn check(&self) -> Result<(), DataError> {
@@ -203,21 +209,36 @@ fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
 
 /// Decodes one image to `opts.channels` CHW planes of `opts.size` squared.
 fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
-    // The content decides the decoder, so a JPEG saved as .png still reads. The reader's
-    // default memory limits stop a forged header from asking for a huge buffer.
-    let image = ImageReader::open(path)
+    // The content decides the decoder, so a JPEG saved as .png still reads.
+    let mut reader = ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| DataError::io(path, e))?
-        .decode()
-        .map_err(|source| DataError::Image {
+        .map_err(|e| DataError::io(path, e))?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_DECODE_SIDE);
+    limits.max_image_height = Some(MAX_DECODE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|error| match error {
+        image::ImageError::Limits(_) => DataError::malformed(
+            path,
+            format!(
+                "the image is larger than this reader decodes (sides up to {MAX_DECODE_SIDE} \
+                 pixels, {} MiB of pixels); shrink it first",
+                MAX_DECODE_BYTES >> 20
+            ),
+        ),
+        error => DataError::Image {
             path: path.to_path_buf(),
-            source,
-        })?;
-    let size = opts.size as u32;
+            error,
+        },
+    })?;
+    // Converted only once small: converting first would copy a large image at up to 4 bytes a
+    // pixel (a 400 KB PNG of 20000x20000 grey pixels became 1.2 GB of RGB that way).
+    let small = DynamicImage::ImageRgba8(square(&image, opts.size as u32));
     if opts.channels == 1 {
-        Ok(square(image.to_luma8(), size).into_raw())
+        Ok(small.to_luma8().into_raw())
     } else {
-        let rgb = square(image.to_rgb8(), size).into_raw();
+        let rgb = small.to_rgb8().into_raw();
         let plane = opts.size * opts.size;
         let mut chw = vec![0u8; 3 * plane];
         for (i, px) in rgb.chunks_exact(3).enumerate() {
@@ -230,22 +251,20 @@ fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
 }
 
 /// Crops the centre square (so faces and objects keep their proportions) and resizes it to
-/// `size` with the Triangle filter: bilinear, with its support widened when shrinking, so a
-/// large photo is averaged down rather than aliased.
-fn square<P>(image: ImageBuffer<P, Vec<u8>>, size: u32) -> ImageBuffer<P, Vec<u8>>
-where
-    P: Pixel<Subpixel = u8> + 'static,
-{
+/// `size`. Up to 4x smaller with the Triangle filter: bilinear, with its support widened when
+/// shrinking, so the image is averaged down rather than aliased. Beyond that by area averaging,
+/// which is as good there and costs time in proportion to the pixels, not to pixels times the
+/// filter's width (20 s for a 20000x20000 image with Triangle).
+fn square(image: &DynamicImage, size: u32) -> RgbaImage {
     let (w, h) = image.dimensions();
-    if w == size && h == size {
-        return image;
-    }
     let side = w.min(h);
-    let cropped = imageops::crop_imm(&image, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    let view = imageops::crop_imm(image, (w - side) / 2, (h - side) / 2, side, side);
     if side == size {
-        cropped
+        view.to_image()
+    } else if side > 4 * size {
+        imageops::thumbnail(&*view, size, size)
     } else {
-        imageops::resize(&cropped, size, size, FilterType::Triangle)
+        imageops::resize(&*view, size, size, FilterType::Triangle)
     }
 }
 
@@ -400,6 +419,65 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains(&bad.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn large_images_are_shrunk_by_area_averaging() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wide = RgbImage::from_fn(400, 200, |x, _| {
+            if x < 200 {
+                Rgb([0, 0, 0])
+            } else {
+                Rgb([255, 0, 0])
+            }
+        });
+        wide.save(tmp.path().join("a.png")).unwrap();
+        let opts = FolderOptions {
+            channels: 3,
+            size: 8,
+        };
+        let a = load(tmp.path(), Split::Train, opts).unwrap().images;
+        assert!(
+            a[..4].iter().all(|&v| v == 0) && a[4..8].iter().all(|&v| v == 255),
+            "row 0 of R: {:?}",
+            &a[..8]
+        );
+        assert!(a[64..].iter().all(|&v| v == 0), "G and B planes");
+    }
+
+    #[test]
+    fn an_image_claiming_huge_sides_is_refused_before_decoding() {
+        // A PNG header of 20000x20000 grey pixels and a few bytes of data: decoding it would
+        // take 400 MB.
+        let chunk = |kind: &[u8], data: &[u8]| {
+            let mut c = (data.len() as u32).to_be_bytes().to_vec();
+            c.extend_from_slice(kind);
+            c.extend_from_slice(data);
+            let mut h = crc32fast::Hasher::new();
+            h.update(kind);
+            h.update(data);
+            c.extend_from_slice(&h.finalize().to_be_bytes());
+            c
+        };
+        let mut ihdr = 20000u32.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&20000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(chunk(b"IHDR", &ihdr));
+        png.extend(chunk(
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ));
+        png.extend(chunk(b"IEND", b""));
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("huge.png"), png).unwrap();
+        let msg = load(tmp.path(), Split::Train, rgb32())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("huge.png: the image is larger than this reader decodes"),
+            "{msg}"
+        );
     }
 
     #[test]

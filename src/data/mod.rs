@@ -4,6 +4,7 @@
 //! Each reader checks sizes against the real file before allocating, so a corrupt or hostile
 //! file gives a [`DataError`] naming it, never a panic or a huge allocation.
 
+#[cfg(feature = "torch")]
 pub mod augment;
 pub mod cifar;
 mod error;

@@ -18,9 +18,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 /// The validation split is drawn with a fixed seed, so runs with different training seeds are
@@ -83,6 +83,30 @@ pub fn covariance(s: &SamplerConfig) -> init::Covariance {
     }
 }
 
+/// What a run trains on, read and checked before its directory is made, so that a bad device
+/// or data setting leaves nothing behind: the device and both splits.
+pub struct Inputs {
+    pub device: Device,
+    pub train_set: ImageSet,
+    pub test_set: ImageSet,
+}
+
+impl Inputs {
+    pub fn load(cfg: &Config) -> Result<Inputs> {
+        let device = engine::parse_device(&cfg.train.device)?;
+        let train_set = load_split(cfg, Split::Train)?;
+        let test_set = load_split(cfg, Split::Test)?;
+        let d = &cfg.data;
+        if d.n_valid + d.batch_size > train_set.n {
+            bail!(
+                "data.n_valid = {} and data.batch_size = {} leave no full training batch of the {} training images",
+                d.n_valid, d.batch_size, train_set.n
+            );
+        }
+        Ok(Inputs { device, train_set, test_set })
+    }
+}
+
 pub struct Summary {
     pub test_acc: f64,
     pub test_acc_best: f64,
@@ -103,6 +127,8 @@ struct Session<'a> {
     px_stream: Option<BatchStream>,
     train_idx: Vec<usize>,
     state: TrainState,
+    /// The iteration `latest.safetensors` holds, when this session wrote or restored it.
+    latest_iter: Option<usize>,
 }
 
 impl Session<'_> {
@@ -121,18 +147,70 @@ impl Session<'_> {
         checkpoint::save(path, &tensors, &state)
     }
 
+    /// Writes `latest.safetensors`, first keeping the one it replaces as a numbered checkpoint,
+    /// then deletes numbered ones beyond `train.keep_checkpoints`.
+    fn save_latest(&mut self, run: &RunDir) -> Result<()> {
+        let keep = self.cfg.train.keep_checkpoints;
+        if let Some(prev) = self.latest_iter.filter(|&i| keep > 1 && i != self.state.iter) {
+            run.keep_latest_as(prev)?;
+        }
+        self.save(&run.latest())?;
+        self.latest_iter = Some(self.state.iter);
+        run.prune_numbered(keep - 1)
+    }
+
+    /// Restores the newest checkpoint that reads back intact: `latest`, else the numbered ones
+    /// newest first. A damaged one is reported on the console and renamed `NAME.bad`. Returns
+    /// the file used, or None when the run has no checkpoint at all.
+    fn restore_newest(&mut self, run: &RunDir) -> Result<Option<PathBuf>> {
+        let mut damaged = vec![];
+        for path in run.checkpoint_candidates()? {
+            // Only a file that fails its checks is damaged; one that passes but does not restore
+            // (another kind of checkpoint, settings changed since) stops the resume.
+            match checkpoint::read(&path) {
+                Ok(file) => {
+                    let state: TrainState = file.state(&path)?;
+                    self.restore(&path, &checkpoint::tensors(&file, &path)?, state)?;
+                    self.latest_iter = (path == run.latest()).then_some(self.state.iter);
+                    if !damaged.is_empty() {
+                        println!("falling back to {} (iteration {})", path.display(), self.state.iter);
+                    }
+                    return Ok(Some(path));
+                }
+                // A file we could not read at all (permissions, I/O) is not known to be damaged.
+                Err(e) if e.downcast_ref::<std::io::Error>().is_some() => return Err(e),
+                Err(e) => {
+                    let aside = run.set_aside(&path)?;
+                    eprintln!("warning: {e:#}; renamed it {}", aside.display());
+                    damaged.push(aside);
+                }
+            }
+        }
+        if damaged.is_empty() {
+            return Ok(None);
+        }
+        bail!(
+            "{}: no intact checkpoint left (damaged: {}); `sadajem train --resume {}` again would start the run from the beginning",
+            run.checkpoints().display(),
+            damaged.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            run.root.display()
+        )
+    }
+
     /// Puts everything back as it was when `path` was saved.
-    fn restore(&mut self, path: &Path) -> Result<()> {
-        let (tensors, state): (_, TrainState) = checkpoint::load(path)?;
-        checkpoint::load_model(&self.vs, &tensors, "model.", path)?;
-        self.learner.opt.load_state(&tensors, &self.names, self.device)?;
+    fn restore(&mut self, path: &Path, tensors: &HashMap<String, Tensor>, state: TrainState) -> Result<()> {
+        checkpoint::load_model(&self.vs, tensors, "model.", path)?;
+        self.learner.opt.load_state(tensors, &self.names, self.device).with_context(|| format!("{}", path.display()))?;
         if let Some(chains) = &mut self.chains {
             let buffer = tensors.get("sampler.buffer").with_context(|| format!("{}: no replay buffer", path.display()))?;
+            if buffer.size() != chains.buffer.images.size() {
+                bail!("{}: the replay buffer has shape {:?}, this run's settings give {:?}", path.display(), buffer.size(), chains.buffer.images.size());
+            }
             chains.buffer.images = buffer.to_device(self.device);
         }
         for (key, device) in generators(self.device) {
             let rng = tensors.get(key).with_context(|| format!("{}: no `{key}` generator state", path.display()))?;
-            shim::set_rng_state(device, rng)?;
+            shim::set_rng_state(device, rng).with_context(|| format!("{}: `{key}`", path.display()))?;
         }
         let d = &self.cfg.data;
         self.stream = BatchStream::restore(self.train_idx.clone(), d.batch_size, state.stream.clone());
@@ -141,6 +219,20 @@ impl Session<'_> {
         }
         self.state = state;
         Ok(())
+    }
+
+    /// Bytes of one checkpoint once every optimiser state exists (SGD's momentum and Adam's
+    /// moments appear with a parameter's first gradient), with room for the header.
+    fn checkpoint_bytes(&self) -> u64 {
+        let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        let model: u64 = self.vs.variables().values().map(bytes).sum();
+        let params: u64 = self.learner.params.iter().map(bytes).sum();
+        let slots = match self.learner.opt {
+            Base::Sgd(_) => 1,
+            Base::Adam(_) => 2,
+        };
+        let buffer = self.chains.as_ref().map_or(0, |c| bytes(&c.buffer.images));
+        model + slots * params + buffer + (1 << 20)
     }
 }
 
@@ -158,19 +250,12 @@ fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     checkpoint::model_tensors(vs, "").into_iter().filter(|(_, t)| t.requires_grad()).collect()
 }
 
-/// Trains the run in `run` (fresh, or resumed from its latest checkpoint).
-pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
-    let device = engine::parse_device(&cfg.train.device)?;
+/// Trains the run in `run` (fresh, or resumed from its newest intact checkpoint; a run that
+/// has none yet starts from the beginning).
+pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result<Summary> {
+    let Inputs { device, train_set, test_set } = inputs;
     engine::seed_torch(cfg.train.seed);
-    let train_set = load_split(cfg, Split::Train)?;
-    let test_set = load_split(cfg, Split::Test)?;
     let d = &cfg.data;
-    if d.n_valid + d.batch_size > train_set.n {
-        bail!(
-            "data.n_valid = {} and data.batch_size = {} leave no full training batch of the {} training images",
-            d.n_valid, d.batch_size, train_set.n
-        );
-    }
     let (train_idx, valid_idx) = loader::split_valid(train_set.n, d.n_valid, SPLIT_SEED);
     let joint = cfg.train.recipe != Recipe::Softmax;
 
@@ -211,15 +296,24 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
         rollbacks: 0,
         lr_scale: 1.0,
     };
-    let mut s = Session { cfg, device, vs, names, learner, chains, stream, px_stream, train_idx, state };
-    if resume {
-        s.restore(&run.latest())?;
-        run.truncate_metrics_after(s.state.iter)?;
-        println!("resuming {} at epoch {}, iteration {}", run.root.display(), s.state.epoch + 1, s.state.iter);
-    } else {
-        // A checkpoint before the first step: a run killed early resumes, and an early divergence
-        // has somewhere to roll back to.
-        s.save(&run.latest())?;
+    let mut s = Session { cfg, device, vs, names, learner, chains, stream, px_stream, train_idx, state, latest_iter: None };
+    run.remove_temporaries()?;
+    let resumed = if resume { s.restore_newest(run)? } else { None };
+    run.truncate_metrics_after(s.state.iter)?;
+    // A kill between keeping `latest` and pruning leaves one numbered checkpoint too many, and
+    // the setting may have been lowered since.
+    run.prune_numbered(cfg.train.keep_checkpoints - 1)?;
+    run.check_space(s.checkpoint_bytes(), cfg.train.keep_checkpoints)?;
+    match resumed {
+        Some(_) => println!("resuming {} at epoch {}, iteration {}", run.root.display(), s.state.epoch + 1, s.state.iter),
+        None => {
+            if resume {
+                println!("{}: no checkpoint to resume from; starting from the beginning", run.root.display());
+            }
+            // A checkpoint before the first step: a run killed early resumes, and an early
+            // divergence has somewhere to roll back to.
+            s.save_latest(run)?;
+        }
     }
     let aug = Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise };
     let bpp = s.stream.batches_per_pass();
@@ -277,7 +371,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
             let every = cfg.train.checkpoint_every;
             if every > 0 && s.state.iter % every == 0 && b + 1 < bpp {
                 s.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-                s.save(&run.latest())?;
+                s.save_latest(run)?;
             }
         }
         bar.finish_and_clear();
@@ -303,10 +397,11 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool) -> Result<Summary> {
             s.state.best_epoch = Some(epoch + 1);
         }
         run.log(&json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": valid_acc}))?;
-        s.save(&run.latest())?;
+        // `best` first: killed in between, the resume redoes this epoch end and writes it again.
         if improved {
             s.save(&run.best())?;
         }
+        s.save_latest(run)?;
         println!(
             "epoch {:>3}/{}  valid acc {}{}  lr {:.4}  {:.0} s",
             epoch + 1,
@@ -364,7 +459,9 @@ fn rollback(s: &mut Session, run: &RunDir, d: Diverged) -> Result<()> {
         );
     }
     let (rollbacks, lr_scale) = (s.state.rollbacks + 1, s.state.lr_scale * cfg.train.rollback_lr_factor);
-    s.restore(&run.latest())?;
+    if s.restore_newest(run)?.is_none() {
+        bail!("training diverged at iteration {at} ({}) and {} holds no checkpoint to roll back to", d.what, run.checkpoints().display());
+    }
     s.state.rollbacks = rollbacks;
     s.state.lr_scale = lr_scale;
     // A new sampler stream, so the chains do not walk into the same blow-up.
