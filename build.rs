@@ -21,7 +21,8 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-env=SADAJEM_LIBTORCH_LIB={}", lib.display());
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
         .warnings(false)
@@ -30,6 +31,23 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("csrc/shim.cpp")
-        .compile("sadajem_shim");
+        .file("csrc/shim.cpp");
+    // Data-parallel training needs c10d's Gloo backend: libtorch has the library but ships no
+    // Gloo headers; scripts/setup-libtorch.sh unpacks Debian's next to it.
+    println!("cargo:rustc-check-cfg=cfg(sadajem_distributed)");
+    println!("cargo:rerun-if-env-changed=SADAJEM_GLOO_INCLUDE");
+    let gloo = std::env::var_os("SADAJEM_GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| libtorch.parent().map(|p| p.join("gloo-include")).unwrap_or_default());
+    if gloo.join("gloo/algorithm.h").exists() {
+        println!("cargo:rerun-if-changed={}", gloo.display());
+        build.include(&gloo).flag("-DUSE_C10D_GLOO").file("csrc/distributed.cpp");
+        println!("cargo:rustc-cfg=sadajem_distributed");
+    } else {
+        println!(
+            "cargo:warning=no Gloo headers in {} (scripts/setup-libtorch.sh puts them there, or set SADAJEM_GLOO_INCLUDE): building without `train --nproc`",
+            gloo.display()
+        );
+    }
+    build.compile("sadajem_shim");
 }

@@ -2,28 +2,19 @@
 #include "shim.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/Generator.h>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 
+#include "guarded.h"
+
+using sj::boxed;
+using sj::guarded;
+using sj::tensor;
+
 namespace {
-thread_local std::string last_error;
-
-template <typename F> int guarded(F f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception &e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return 1;
-}
-
-at::Tensor &tensor(void *p) { return *static_cast<at::Tensor *>(p); }
-void *boxed(at::Tensor t) { return new at::Tensor(std::move(t)); }
-
 at::Generator default_generator(int cuda_index) {
   if (cuda_index < 0)
     return at::detail::getDefaultCPUGenerator();
@@ -33,7 +24,7 @@ at::Generator default_generator(int cuda_index) {
 
 extern "C" {
 
-const char *sj_last_error(void) { return last_error.c_str(); }
+const char *sj_last_error(void) { return sj::last_error.c_str(); }
 
 int sj_leaky_relu(void *x, double slope, void **out) {
   return guarded([&] { *out = boxed(at::leaky_relu(tensor(x), slope)); });
@@ -52,6 +43,46 @@ int sj_rng_set_state(int cuda_index, void *state) {
     auto gen = default_generator(cuda_index);
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(tensor(state));
+  });
+}
+
+static at::DeviceType autocast_device(int device_type) {
+  if (device_type == 0)
+    return at::kCPU;
+  if (device_type == 1)
+    return at::kCUDA;
+  throw std::invalid_argument("autocast: device type must be 0 (CPU) or 1 (CUDA)");
+}
+
+int sj_autocast_enter(int device_type, int *prev_enabled, int *prev_dtype) {
+  return guarded([&] {
+    auto dev = autocast_device(device_type);
+    *prev_enabled = at::autocast::is_autocast_enabled(dev);
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(dev));
+    at::autocast::set_autocast_enabled(dev, true);
+    at::autocast::set_autocast_dtype(dev, at::kBFloat16);
+    at::autocast::increment_nesting();
+  });
+}
+
+int sj_autocast_exit(int device_type, int prev_enabled, int prev_dtype) {
+  return guarded([&] {
+    auto dev = autocast_device(device_type);
+    if (at::autocast::decrement_nesting() == 0)
+      at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(dev, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(dev, static_cast<at::ScalarType>(prev_dtype));
+  });
+}
+
+int sj_channels_last(void *x, void **out) {
+  return guarded([&] { *out = boxed(tensor(x).contiguous(at::MemoryFormat::ChannelsLast)); });
+}
+
+int sj_make_channels_last_(void *param) {
+  return guarded([&] {
+    auto &p = tensor(param);
+    p.set_data(p.detach().contiguous(at::MemoryFormat::ChannelsLast));
   });
 }
 

@@ -23,6 +23,19 @@ int sj_leaky_relu(void *x, double slope, void **out);
 int sj_rng_get_state(int cuda_index, void **out);
 int sj_rng_set_state(int cuda_index, void *state);
 
+// Autocast for one device type (0: CPU, 1: CUDA) to bfloat16, entered and left around one
+// forward pass. `enter` returns the previous state through `prev` (enabled flag and dtype), which
+// `exit` restores; leaving the outermost region clears autocast's cache of cast weights, so a
+// weight changed in place between forwards (SAM's ascent, the optimiser) is never seen stale.
+int sj_autocast_enter(int device_type, int *prev_enabled, int *prev_dtype);
+int sj_autocast_exit(int device_type, int prev_enabled, int prev_dtype);
+
+// `x` in the channels_last memory format (NHWC strides, same shape and values).
+int sj_channels_last(void *x, void **out);
+// Gives a parameter channels_last storage in place (`set_data`: autograd and optimiser state
+// keep referring to the same tensor).
+int sj_make_channels_last_(void *param);
+
 #ifdef __cplusplus
 }
 #endif

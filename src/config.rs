@@ -45,6 +45,20 @@ pub enum Recipe {
     Sadajem,
 }
 
+/// The arithmetic of the network's forward and backward passes. Weights, optimiser state, the
+/// SGLD chains and every loss/energy reduction stay fp32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    /// bf16 autocast around each forward (convolutions and the linear layer in bf16, logits
+    /// returned as fp32): 1.7× faster on a CPU with AVX512-BF16 (more with AMX) and on GPUs.
+    Bf16,
+    /// bf16 where the hardware computes it natively (a CPU with AVX512-BF16 or AMX-BF16, or a
+    /// CUDA device), fp32 elsewhere — where bf16 would be emulated and slower.
+    Auto,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
@@ -226,6 +240,11 @@ pub struct TrainConfig {
     pub device: String,
     /// libtorch intra-op threads; 0 = one per core.
     pub threads: usize,
+    /// `fp32`, `bf16` (autocast) or `auto` (see [`Precision`]).
+    pub precision: Precision,
+    /// Convolution weights and inputs in the channels_last (NHWC) layout: same values, faster
+    /// kernels with bf16 on CPU.
+    pub channels_last: bool,
     /// Iterations between metrics.jsonl lines.
     pub log_every: usize,
     /// Iterations between mid-epoch checkpoints (0 = only at epoch ends).
@@ -250,6 +269,8 @@ impl Default for TrainConfig {
             seed: 1,
             device: "cpu".into(),
             threads: 0,
+            precision: Precision::Fp32,
+            channels_last: false,
             log_every: 50,
             checkpoint_every: 0,
             keep_checkpoints: 3,

@@ -1,7 +1,8 @@
 //! Where libtorch is set up: device choice, CPU threads, seeding. Nothing else in the crate
 //! touches these global settings.
 use anyhow::{bail, Result};
-use tch::Device;
+use crate::config::Precision;
+use tch::{nn, Device};
 
 /// Parses `cpu`, `cuda` or `cuda:N`, and checks the device is really there.
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -82,6 +83,39 @@ pub fn seed_torch(seed: u64) {
     tch::manual_seed(seed as i64);
 }
 
+/// What `train.precision = "auto"` becomes on `device`: bf16 on CUDA and on CPUs with native
+/// bf16 arithmetic (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags), fp32 elsewhere.
+pub fn resolve_precision(precision: Precision, device: Device) -> Precision {
+    match precision {
+        Precision::Auto if device.is_cuda() || cpu_has_native_bf16() => Precision::Bf16,
+        Precision::Auto => Precision::Fp32,
+        p => p,
+    }
+}
+
+fn cpu_has_native_bf16() -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+}
+
+/// Runs `f` with bf16 autocast on `device`'s type (CPU or CUDA): convolutions and matrix
+/// products in bf16, the ops autocast keeps in fp32 in fp32.
+pub fn autocast_bf16<T>(device: Device, f: impl FnOnce() -> T) -> T {
+    let _guard = crate::shim::Autocast::enter(device);
+    f()
+}
+
+/// Moves every 4-d variable of `vs` (the convolution weights) to the channels_last layout.
+pub fn make_channels_last(vs: &nn::VarStore) {
+    for (_, t) in vs.variables() {
+        if t.dim() == 4 {
+            crate::shim::make_channels_last_(&t);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +127,17 @@ mod tests {
             let e = parse_device(bad).unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("cuda:N"), "{e}");
         }
+    }
+
+    #[test]
+    fn auto_precision_is_bf16_on_cuda_and_explicit_choices_stay() {
+        assert_eq!(resolve_precision(Precision::Auto, Device::Cuda(0)), Precision::Bf16);
+        for p in [Precision::Fp32, Precision::Bf16] {
+            assert_eq!(resolve_precision(p, Device::Cpu), p);
+            assert_eq!(resolve_precision(p, Device::Cuda(0)), p);
+        }
+        let expected = if cpu_has_native_bf16() { Precision::Bf16 } else { Precision::Fp32 };
+        assert_eq!(resolve_precision(Precision::Auto, Device::Cpu), expected);
     }
 
     #[test]

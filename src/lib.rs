@@ -4,7 +4,8 @@
 //!
 //! Where each idea lives:
 //! - [`config`]: typed settings, presets (`configs/`), `--set key=value`, validation.
-//! - [`engine`]: device, threads, seeding: the only place that sets libtorch globals.
+//! - [`engine`]: device, threads, seeding, bf16 autocast, channels_last: the only place that
+//!   sets libtorch globals.
 //! - [`shim`]: the Rust side of `csrc/shim.cpp` (what tch lacks, e.g. LeakyReLU's slope).
 //! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; augmentation; loaders.
 //! - [`model`]: the Wide-ResNet ([`model::wrn`]) and its energy view ([`model::energy`]).
@@ -16,6 +17,8 @@
 //!   atomic checkpoints ([`train::checkpoint`]).
 //! - [`eval`]: metrics as pure functions (accuracy, calibration, OOD, attack, FID/KID/IS), the
 //!   Inception network ([`eval::inception`]), and the `sadajem eval` driver ([`eval::evaluate`]).
+//! - [`bench`]: `sadajem bench`, the parts of a training iteration timed (and PyTorch's, with
+//!   `bench/reference_step.py`).
 //! - [`run`]: the run-directory layout every command reads and writes.
 //! - [`pickle`]: the `torch.save` file format without Python: its tensors read, nested dicts of
 //!   tensors written.
@@ -25,6 +28,8 @@
 //! Everything that needs libtorch sits behind the default `torch` feature; without it the crate
 //! is its file formats alone ([`config`], the [`data`] readers, checkpoint files, [`run`]
 //! directories), which is what the fuzz targets in `fuzz/` build against.
+#[cfg(feature = "torch")]
+pub mod bench;
 pub mod config;
 pub mod data;
 #[cfg(feature = "torch")]

@@ -6,11 +6,19 @@ use sadajem::data::{self, stats, FolderOptions, Split};
 use sadajem::run::RunDir;
 use sadajem::eval::feature_stats::{self, ImageSpec};
 use sadajem::eval::evaluate;
-use sadajem::{engine, interop, train::trainer};
+use sadajem::{bench, engine, interop, train::trainer};
+use sadajem::train::distributed;
 use std::path::PathBuf;
+use std::rc::Rc;
+
+/// `sadajem --version`: the version and what this build can do.
+#[cfg(sadajem_distributed)]
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): yes (c10d Gloo)");
+#[cfg(not(sadajem_distributed))]
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): no (built without Gloo's headers)");
 
 #[derive(Parser)]
-#[command(name = "sadajem", version, about = "Train and evaluate Joint Energy-based Models (SADA-JEM, JEM, JEM++, softmax)")]
+#[command(name = "sadajem", version, long_version = LONG_VERSION, about = "Train and evaluate Joint Energy-based Models (SADA-JEM, JEM, JEM++, softmax)")]
 struct Cli {
     /// libtorch CPU threads (default: one per core).
     #[arg(long, global = true)]
@@ -38,6 +46,11 @@ enum Command {
         /// Continue the run in this directory from its latest checkpoint, with its own config.
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "config", "overrides", "run_dir"])]
         resume: Option<PathBuf>,
+        /// Data-parallel: start N workers on this machine (each with `data.batch_size` images of
+        /// every global batch; gradients averaged over c10d/Gloo). Several machines: the same
+        /// command on each with NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT set (README).
+        #[arg(long, value_name = "N")]
+        nproc: Option<usize>,
     },
     /// Evaluate a trained run: writes RUN_DIR/eval/<metric>.json and PNG plots.
     Eval {
@@ -150,6 +163,30 @@ enum Command {
         #[arg(required = true)]
         run_dirs: Vec<PathBuf>,
     },
+    /// Time the parts of one training iteration (sampler step, update pass, SAM pass, data,
+    /// whole iteration) after warm-up; appends the result to bench/results.jsonl.
+    Bench {
+        #[arg(long)]
+        preset: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a setting, e.g. `--set train.precision=bf16` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Also time the same iteration in PyTorch (bench/reference_step.py; it sets up its own
+        /// torch 2.11 in bench/.venv on first use) and print the ratio.
+        #[arg(long)]
+        reference: bool,
+        /// Record the result even if other processes used the CPU meanwhile.
+        #[arg(long)]
+        allow_busy: bool,
+        #[arg(long, default_value = "bench/results.jsonl")]
+        results: PathBuf,
+    },
     /// Dataset tools.
     Data {
         #[command(subcommand)]
@@ -185,37 +222,60 @@ fn main() {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train { preset, config, overrides, run_dir, resume } => {
+        Command::Train { preset, config, overrides, run_dir, resume, nproc } => {
             let (cfg, root, resuming) = match resume {
                 Some(dir) => (Config::load(&RunDir::open(&dir)?.config())?, dir, true),
                 None => {
                     let sources = Sources { preset: preset.as_deref(), file: config.as_deref(), overrides: &overrides };
-                    (Config::from_sources(&sources)?, run_dir.unwrap_or_else(|| default_run_dir(preset.as_deref())), false)
+                    (Config::from_sources(&sources)?, run_dir.clone().unwrap_or_else(|| default_run_dir(preset.as_deref())), false)
                 }
             };
+            if let Some(n) = nproc {
+                if n == 0 {
+                    bail!("--nproc 0: expected at least one worker");
+                }
+                // The workers must agree on the run directory, so the launcher names it.
+                let mut args = worker_args();
+                if !resuming && run_dir.is_none() {
+                    args.extend(["--run-dir".to_string(), root.display().to_string()]);
+                }
+                return distributed::launch(n, &args);
+            }
             let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
             // The device and the data are checked before the run directory is touched, so a
-            // mistake in either leaves nothing behind to clean up.
+            // mistake in either leaves nothing behind to clean up (and before the workers wait
+            // for each other).
             let inputs = trainer::Inputs::load(&cfg)?;
+            let world = Rc::new(distributed::World::from_env()?);
             let run = if resuming {
                 let run = RunDir::open(&root)?;
-                run.check_writable()?;
+                if world.is_primary() {
+                    run.check_writable()?;
+                }
                 run
-            } else {
+            } else if world.is_primary() {
                 let run = RunDir::create(&root)?;
                 sadajem::train::checkpoint::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
                 run
+            } else {
+                // Rank 0 makes the directory; the barrier below waits for it.
+                RunDir { root: root.clone() }
             };
+            world.barrier();
+            if world.size > 1 {
+                println!("worker {} of {}", world.rank, world.size);
+            }
             println!(
-                "training {} (recipe {:?}, WRN-{}-{}) on {} with {threads} thread(s) → {}",
+                "training {} (recipe {:?}, WRN-{}-{}, {:?}) on {} with {threads} thread(s) → {}",
                 cfg.data.dir.display(),
                 cfg.train.recipe,
                 cfg.model.depth,
                 cfg.model.widen,
+                engine::resolve_precision(cfg.train.precision, inputs.device),
                 cfg.train.device,
                 run.root.display()
             );
-            let s = trainer::train(&cfg, &run, resuming, inputs)?;
+            let s = trainer::train(&cfg, &run, resuming, inputs, world)?;
             println!(
                 "done in {:.0} s: test accuracy {:.2}% (final), {:.2}% (best validation checkpoint, valid {:.2}%) → {}",
                 s.train_seconds,
@@ -328,6 +388,39 @@ fn run() -> Result<()> {
             print!("{}", sadajem::report::compare::write(&runs, &out)?);
             println!("comparison → {}", out.join("comparison.md").display());
         }
+        Command::Bench { preset, config, overrides, warmup, iters, reference, allow_busy, results } => {
+            let sources = Sources { preset: preset.as_deref(), file: config.as_deref(), overrides: &overrides };
+            let cfg = Config::from_sources(&sources)?;
+            let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
+            let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset };
+            let idle = bench::others_load(1.0);
+            if idle > bench::BUSY_CORES && !allow_busy {
+                bail!("other processes are using {idle:.1} cores; a benchmark now would measure them too. Wait until the machine is idle, or pass --allow-busy");
+            }
+            let ours = bench::measure(&cfg, &opts)?;
+            println!(
+                "{:?} WRN-{}-{} ({:?}, channels_last {}) on {} with {threads} thread(s): {warmup} warm-up + {iters} timed repetitions per part",
+                cfg.train.recipe, cfg.model.depth, cfg.model.widen, ours.precision, cfg.train.channels_last, cfg.train.device
+            );
+            let theirs = if reference {
+                let set = trainer::load_split(&cfg, Split::Test)?;
+                let args = bench::reference_args(&cfg, (set.channels, set.height, set.num_classes), ours.precision, &opts, threads);
+                println!("timing the same iteration in PyTorch (bench/reference_step.py)");
+                Some(bench::run_reference(std::path::Path::new("bench/reference_step.py"), &args)?)
+            } else {
+                None
+            };
+            let rec = bench::record(&cfg, &opts, threads, &ours, theirs.as_ref());
+            print!("{}", bench::table(&rec));
+            if ours.others_cores > bench::BUSY_CORES {
+                println!("warning: other processes used {:.2} cores during the measurement: these times are inflated", ours.others_cores);
+                if !allow_busy {
+                    bail!("not recorded in {} (rerun on an idle machine, or pass --allow-busy)", opts.results.display());
+                }
+            }
+            bench::append(&opts.results, &rec)?;
+            println!("recorded → {}", opts.results.display());
+        }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => {
             engine::init(cli.threads.unwrap_or(0));
             let format = match format {
@@ -362,6 +455,20 @@ fn print_summary(rows: &[(String, String)]) {
     for (k, v) in rows {
         println!("  {k:<width$}  {v}");
     }
+}
+
+/// This command line without `--nproc N`: what each worker runs.
+fn worker_args() -> Vec<String> {
+    let mut out = vec![];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--nproc" {
+            args.next();
+        } else if !a.starts_with("--nproc=") {
+            out.push(a);
+        }
+    }
+    out
 }
 
 fn default_run_dir(preset: Option<&str>) -> PathBuf {

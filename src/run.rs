@@ -39,9 +39,9 @@ impl RunDir {
         std::fs::create_dir_all(self.checkpoints())
             .with_context(|| format!("{}: cannot create", self.checkpoints().display()))?;
         for dir in [&self.root, &self.checkpoints()] {
-            let probe = dir.join(".write-test");
+            let probe = dir.join(format!(".write-test-{}", std::process::id()));
             std::fs::write(&probe, b"ok").with_context(|| format!("{}: run directory is not writable", dir.display()))?;
-            std::fs::remove_file(probe)?;
+            std::fs::remove_file(&probe).with_context(|| format!("{}: cannot remove", probe.display()))?;
         }
         Ok(())
     }

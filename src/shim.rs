@@ -8,6 +8,10 @@ extern "C" {
     fn sj_leaky_relu(x: *mut c_void, slope: f64, out: *mut *mut c_void) -> c_int;
     fn sj_rng_get_state(cuda_index: c_int, out: *mut *mut c_void) -> c_int;
     fn sj_rng_set_state(cuda_index: c_int, state: *mut c_void) -> c_int;
+    fn sj_autocast_enter(device_type: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int) -> c_int;
+    fn sj_autocast_exit(device_type: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
+    fn sj_channels_last(x: *mut c_void, out: *mut *mut c_void) -> c_int;
+    fn sj_make_channels_last_(param: *mut c_void) -> c_int;
 }
 
 fn cuda_index(device: tch::Device) -> c_int {
@@ -49,12 +53,121 @@ pub fn rng_state(device: tch::Device) -> Tensor {
 
 /// Restores what `rng_state` returned; a state of the wrong size is an error.
 pub fn set_rng_state(device: tch::Device, state: &Tensor) -> Result<(), TchError> {
-    let state = state.to_device(tch::Device::Cpu).to_kind(tch::Kind::Uint8).contiguous();
+    // A fresh copy: libtorch reads the state from the start of the tensor's storage, so a view
+    // (one worker's row of a stacked checkpoint tensor) would hand it the wrong bytes.
+    let state = state.to_device(tch::Device::Cpu).to_kind(tch::Kind::Uint8).copy();
     let rc = unsafe { sj_rng_set_state(cuda_index(device), state.as_ptr() as *mut c_void) };
     if rc != 0 {
         return Err(last_error());
     }
     Ok(())
+}
+
+#[cfg(sadajem_distributed)]
+extern "C" {
+    fn sj_group_new(addr: *const std::ffi::c_char, port: c_int, rank: c_int, world: c_int, timeout_s: c_int, out: *mut *mut c_void) -> c_int;
+    fn sj_group_free(g: *mut c_void);
+    fn sj_group_allreduce_sum(g: *mut c_void, t: *mut c_void) -> c_int;
+    fn sj_group_broadcast(g: *mut c_void, t: *mut c_void, root: c_int) -> c_int;
+    fn sj_group_allgather(g: *mut c_void, t: *mut c_void, out: *mut *mut c_void) -> c_int;
+    fn sj_group_barrier(g: *mut c_void) -> c_int;
+}
+
+/// A c10d process group (TCPStore rendezvous at `addr:port`, Gloo backend) of `world` ranks.
+/// Collective calls block until every rank has made the same call; a rank that died makes
+/// them fail (an error, not a hang) once its connections close or `timeout_s` passes.
+#[cfg(sadajem_distributed)]
+pub struct Group(*mut c_void);
+
+#[cfg(sadajem_distributed)]
+impl Group {
+    pub fn new(addr: &str, port: u16, rank: usize, world: usize, timeout_s: u32) -> Result<Group, TchError> {
+        let c_addr = std::ffi::CString::new(addr).map_err(|_| TchError::Torch(format!("MASTER_ADDR `{addr}` contains NUL")))?;
+        let mut out = std::ptr::null_mut();
+        let rc = unsafe { sj_group_new(c_addr.as_ptr(), port as c_int, rank as c_int, world as c_int, timeout_s as c_int, &mut out) };
+        if rc != 0 {
+            return Err(last_error());
+        }
+        Ok(Group(out))
+    }
+
+    fn check(rc: c_int) -> Result<(), TchError> {
+        if rc != 0 {
+            return Err(last_error());
+        }
+        Ok(())
+    }
+
+    /// Sums `t` over the ranks, in place.
+    pub fn allreduce_sum_(&self, t: &Tensor) -> Result<(), TchError> {
+        Self::check(unsafe { sj_group_allreduce_sum(self.0, t.as_ptr() as *mut c_void) })
+    }
+
+    /// Overwrites `t` with rank `root`'s, in place.
+    pub fn broadcast_(&self, t: &Tensor, root: usize) -> Result<(), TchError> {
+        Self::check(unsafe { sj_group_broadcast(self.0, t.as_ptr() as *mut c_void, root as c_int) })
+    }
+
+    /// Every rank's `t` (same shape everywhere), stacked along a new first dimension by rank.
+    pub fn allgather(&self, t: &Tensor) -> Result<Tensor, TchError> {
+        let mut out = std::ptr::null_mut();
+        let rc = unsafe { sj_group_allgather(self.0, t.as_ptr() as *mut c_void, &mut out) };
+        adopt(rc, out)
+    }
+
+    pub fn barrier(&self) -> Result<(), TchError> {
+        Self::check(unsafe { sj_group_barrier(self.0) })
+    }
+}
+
+#[cfg(sadajem_distributed)]
+impl Drop for Group {
+    fn drop(&mut self) {
+        unsafe { sj_group_free(self.0) }
+    }
+}
+
+/// bf16 autocast on one device type while the guard lives (see `engine::autocast_bf16`).
+pub struct Autocast {
+    device_type: c_int,
+    prev_enabled: c_int,
+    prev_dtype: c_int,
+}
+
+impl Autocast {
+    pub fn enter(device: tch::Device) -> Autocast {
+        let device_type = if device.is_cuda() { 1 } else { 0 };
+        let (mut prev_enabled, mut prev_dtype) = (0, 0);
+        let rc = unsafe { sj_autocast_enter(device_type, &mut prev_enabled, &mut prev_dtype) };
+        if rc != 0 {
+            panic!("entering autocast: {}", last_error());
+        }
+        Autocast { device_type, prev_enabled, prev_dtype }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        let rc = unsafe { sj_autocast_exit(self.device_type, self.prev_enabled, self.prev_dtype) };
+        if rc != 0 {
+            panic!("leaving autocast: {}", last_error());
+        }
+    }
+}
+
+/// `x` with channels_last (NHWC) strides; same shape and values.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    let mut out = std::ptr::null_mut();
+    let rc = unsafe { sj_channels_last(x.as_ptr() as *mut c_void, &mut out) };
+    adopt(rc, out).expect("channels_last")
+}
+
+/// Re-lays a 4-d parameter out as channels_last in place, keeping its identity.
+pub fn make_channels_last_(param: &Tensor) {
+    let rc = unsafe { sj_make_channels_last_(param.as_ptr() as *mut c_void) };
+    if rc != 0 {
+        panic!("channels_last parameter: {}", last_error());
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +199,54 @@ mod tests {
         });
         assert!(replayed);
         assert!(set_rng_state(tch::Device::Cpu, &Tensor::from_slice(&[1u8, 2])).is_err());
+    }
+
+    #[test]
+    fn autocast_runs_convolutions_in_bf16_only_inside_the_guard() {
+        let x = Tensor::randn([2, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([4, 3, 3, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let conv = || x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        let inside = {
+            let _g = Autocast::enter(tch::Device::Cpu);
+            conv()
+        };
+        assert_eq!(inside.kind(), tch::Kind::BFloat16);
+        let outside = conv();
+        assert_eq!(outside.kind(), tch::Kind::Float);
+        // bf16 keeps 8 bits of mantissa: close to fp32, but not equal.
+        let err = (inside.to_kind(tch::Kind::Float) - &outside).abs().max().double_value(&[]);
+        let scale = outside.abs().max().double_value(&[]);
+        assert!(err > 0.0 && err < 0.02 * scale, "{err} vs {scale}");
+    }
+
+    #[test]
+    fn channels_last_keeps_values_and_changes_strides() {
+        let x = Tensor::randn([2, 3, 4, 5], (tch::Kind::Float, tch::Device::Cpu));
+        let y = channels_last(&x);
+        assert!(y.equal(&x));
+        assert_eq!(y.stride(), vec![60, 1, 15, 3]);
+        let p = x.copy().set_requires_grad(true);
+        make_channels_last_(&p);
+        assert!(p.equal(&x) && p.requires_grad());
+        assert_eq!(p.stride(), vec![60, 1, 15, 3]);
+    }
+
+    #[test]
+    fn a_generator_state_restores_from_a_row_of_a_stacked_tensor() {
+        // Checkpoints of data-parallel runs keep every worker's state as rows of one tensor.
+        let g = |seed: i64| {
+            tch::manual_seed(seed);
+            rng_state(tch::Device::Cpu)
+        };
+        let stacked = Tensor::stack(&[g(1), g(2)], 0);
+        let replays = (0..20).any(|_| {
+            set_rng_state(tch::Device::Cpu, &stacked.get(1)).unwrap();
+            let a = Tensor::randn([5], (tch::Kind::Float, tch::Device::Cpu));
+            tch::manual_seed(2);
+            let b = Tensor::randn([5], (tch::Kind::Float, tch::Device::Cpu));
+            a.equal(&b)
+        });
+        assert!(replays);
     }
 
     #[test]

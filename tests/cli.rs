@@ -407,3 +407,99 @@ fn sidecar(file: &Path) -> std::path::PathBuf {
     s.push(".json");
     s.into()
 }
+
+/// `bench` settings small enough for a test: WRN-10-1 on 1,100 images, batches 32/16/16.
+const TINY_BENCH: &[&str] = &[
+    "bench", "--preset", "sadajem-fashion",
+    "--set", "data.max_train=1100",
+    "--set", "data.n_valid=100",
+    "--set", "data.batch_size=32",
+    "--set", "loss.px_batch_size=16",
+    "--set", "sampler.batch_size=16",
+    "--set", "sampler.buffer_size=200",
+    "--warmup", "1", "--iters", "2",
+    // Tests run side by side: the machine is busy by design here.
+    "--allow-busy",
+];
+
+fn bench_records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn bench_times_every_part_of_a_sadajem_iteration_and_appends_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("bench/results.jsonl");
+    let mut args = TINY_BENCH.to_vec();
+    args.extend(["--results", results.to_str().unwrap(), "--set", "train.precision=bf16", "--set", "train.channels_last=true", "--threads", "1"]);
+    for _ in 0..2 {
+        let o = sadajem(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = text(&o);
+        for part in ["data", "sgld_step", "update_pass", "sam_pass", "iteration"] {
+            assert!(out.lines().any(|l| l.starts_with(part)), "no {part} row:\n{out}");
+        }
+        assert!(out.contains("Bf16, channels_last true"), "{out}");
+    }
+    let recs = bench_records(&results);
+    assert_eq!(recs.len(), 2, "one line per run, appended");
+    let r = &recs[1];
+    assert_eq!(r["precision"], "bf16");
+    assert_eq!(r["threads"], 1);
+    let iteration = r["parts"]["iteration"]["median_s"].as_f64().unwrap();
+    let step = r["parts"]["sgld_step"]["median_s"].as_f64().unwrap();
+    let pass = r["parts"]["update_pass"]["median_s"].as_f64().unwrap();
+    // An iteration holds 5 sampler steps and two passes: it cannot be quicker than its parts'
+    // minimum share (timings vary, so only a loose floor).
+    assert!(iteration > 0.5 * (5.0 * step + pass), "{iteration} vs step {step}, pass {pass}");
+    assert!(r["parts"]["iteration"]["gflop_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["parts"]["data"]["gflop_per_s"].is_null());
+    assert!(r["peak_rss_mib"].as_f64().unwrap() > 50.0);
+    let images_per_s = r["images_per_s"].as_f64().unwrap();
+    assert!((images_per_s - 32.0 / iteration).abs() < 1e-6 * images_per_s);
+}
+
+/// A Python with torch 2.11 for the PyTorch reference: SADAJEM_BENCH_PYTHON, or the venv
+/// `bench/reference_step.py` makes on first use (a 3 GB install, so CI does not make one).
+fn reference_python() -> Option<std::path::PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/.venv/bin/python");
+    std::env::var_os("SADAJEM_BENCH_PYTHON").map(Into::into).or_else(|| venv.exists().then_some(venv))
+}
+
+#[test]
+fn bench_against_pytorch_prints_both_times_and_the_ratio() {
+    let Some(python) = reference_python() else {
+        eprintln!("skipped: no Python with torch 2.11 (set SADAJEM_BENCH_PYTHON or run bench/reference_step.py once)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("r.jsonl");
+    let mut args = TINY_BENCH.to_vec();
+    args.extend(["--results", results.to_str().unwrap(), "--reference", "--threads", "1"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_sadajem"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SADAJEM_BENCH_PYTHON", python)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("PyTorch med"), "{}", text(&o));
+    let r = &bench_records(&results)[0];
+    let theirs = &r["reference"];
+    assert_eq!(theirs["impl"], "pytorch");
+    assert!(theirs["torch"].as_str().unwrap().starts_with("2.11.0"), "{theirs}");
+    assert_eq!(theirs["threads"], 1);
+    assert_eq!(theirs["settings"]["batch"], 32);
+    assert_eq!(theirs["settings"]["sampler_batch"], 16);
+    let ours = r["parts"]["iteration"]["median_s"].as_f64().unwrap();
+    let pytorch = theirs["parts"]["iteration"]["median_s"].as_f64().unwrap();
+    assert!((r["ratio_iteration"].as_f64().unwrap() - ours / pytorch).abs() < 1e-9);
+}
+
+#[test]
+fn bench_refuses_zero_repetitions_and_unknown_settings() {
+    let o = sadajem(&["bench", "--preset", "sadajem-fashion", "--iters", "0", "--allow-busy"]);
+    assert!(!o.status.success() && text(&o).contains("--iters"), "{}", text(&o));
+    let o = sadajem(&["bench", "--preset", "sadajem-fashion", "--set", "train.precision=fp8", "--allow-busy"]);
+    assert!(!o.status.success() && text(&o).contains("train.precision"), "{}", text(&o));
+}

@@ -73,7 +73,8 @@ impl<'a> Evaluation<'a> {
         let mut test = trainer::load_split(cfg, Split::Test)?;
         test.keep_first(cfg.eval.n_test);
         let vs = nn::VarStore::new(device);
-        let net = Wrn::new(&vs.root(), &cfg.model, test.channels as i64, test.num_classes as i64);
+        let mut net = Wrn::new(&vs.root(), &cfg.model, test.channels as i64, test.num_classes as i64);
+        net.set_compute(&vs, cfg.train.precision, cfg.train.channels_last);
         let (tensors, _): (_, Value) = checkpoint::load(checkpoint)?;
         checkpoint::load_model(&vs, &tensors, "model.", checkpoint)?;
         let buffer = tensors.get("sampler.buffer").map(|b| b.to_device(Device::Cpu));

@@ -3,10 +3,10 @@
 //! conv3x3(in→16) → 3 groups of n = (depth−4)/6 blocks of widths 16k·{1,2,4}, strides 1,2,2 →
 //! norm → LeakyReLU → global average pool → linear. Every conv carries a bias. The global
 //! average pool makes the net size-agnostic (28×28 digits, 32×32 CIFAR).
-use crate::config::{ModelConfig, NormKind};
-use crate::shim;
+use crate::config::{ModelConfig, NormKind, Precision};
+use crate::{engine, shim};
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// How normalisation and dropout behave in a forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +127,8 @@ pub struct Wrn {
     class_output: nn::Linear,
     slope: f64,
     dropout: f64,
+    precision: Precision,
+    channels_last: bool,
 }
 
 impl Wrn {
@@ -155,12 +157,37 @@ impl Wrn {
             ),
             slope: cfg.slope,
             dropout: cfg.dropout,
+            precision: Precision::Fp32,
+            channels_last: false,
         }
     }
 
-    /// Logits f(x) for images scaled to [−1, 1].
+    /// How the passes compute (`train.precision`, resolved for `vs`'s device when `auto`;
+    /// `train.channels_last`); `vs` holds this network's variables, whose convolution weights
+    /// move to channels_last when asked.
+    pub fn set_compute(&mut self, vs: &nn::VarStore, precision: Precision, channels_last: bool) {
+        if channels_last {
+            engine::make_channels_last(vs);
+        }
+        self.precision = engine::resolve_precision(precision, vs.device());
+        self.channels_last = channels_last;
+    }
+
+    /// The precision forwards run in (never `auto`).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Logits f(x), fp32, for images scaled to [−1, 1]. Under bf16 each call is its own
+    /// autocast region, so weights changed in place between calls (SAM) are cast afresh.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
-        self.forward_from_stem(&self.stem(x), mode)
+        let x = if self.channels_last { shim::channels_last(x) } else { x.shallow_clone() };
+        match self.precision {
+            Precision::Fp32 | Precision::Auto => self.forward_from_stem(&self.stem(&x), mode),
+            Precision::Bf16 => {
+                engine::autocast_bf16(x.device(), || self.forward_from_stem(&self.stem(&x), mode)).to_kind(Kind::Float)
+            }
+        }
     }
 
     /// The first conv alone: affine in x, which JEM++'s PYLD sampler exploits.
@@ -185,6 +212,30 @@ impl Wrn {
         let feat = act(&self.bn.forward(&out, mode)).mean_dim(&[2i64, 3][..], false, None);
         self.class_output.forward(&feat)
     }
+}
+
+/// Floating-point operations of one forward pass on one `channels`×`height`×`width` image:
+/// 2 per multiply-add of the convolutions and the linear layer (norms, activations and biases,
+/// a few per cent, are left out) — what benchmarks divide by the time.
+pub fn forward_flops(cfg: &ModelConfig, channels: i64, height: i64, width: i64, classes: i64) -> f64 {
+    let conv = |cin: i64, cout: i64, k: i64, h: i64, w: i64| 2.0 * (cin * cout * k * k * h * w) as f64;
+    let (mut h, mut w) = (height, width);
+    let mut flops = conv(channels, 16, 3, h, w);
+    let n = (cfg.depth - 4) / 6;
+    let mut cin = 16;
+    for (cout, stride) in [(16 * cfg.widen, 1), (32 * cfg.widen, 2), (64 * cfg.widen, 2)] {
+        for b in 0..n {
+            let s = if b == 0 { stride } else { 1 };
+            // Padding 1 (3×3) or 0 (1×1): either way the output side is ⌈side / stride⌉.
+            let (ho, wo) = ((h + s - 1) / s, (w + s - 1) / s);
+            flops += conv(cin, cout, 3, h, w) + conv(cout, cout, 3, ho, wo);
+            if s != 1 || cin != cout {
+                flops += conv(cin, cout, 1, ho, wo);
+            }
+            (h, w, cin) = (ho, wo, cout);
+        }
+    }
+    flops + 2.0 * (cin * classes) as f64
 }
 
 #[cfg(test)]
@@ -215,6 +266,19 @@ mod tests {
         assert_eq!(count(28, 10, NormKind::Batch, 3, 10), 36_489_290);
     }
 
+    /// WRN-28-10 on 32×32, by hand: conv1 3·16·9·1024 = 0.44 M multiply-adds; group 1 at 32×32:
+    /// 16·160·9·1024 + 7·160·160·9·1024 + shortcut 16·160·1024 = 23.6 + 1,651.5 + 2.6 M; group 2:
+    /// 160·320·9·1024 (the block's first conv runs before its stride) + 7·320·320·9·256 +
+    /// 160·320·256 = 471.9 + 1,651.5 + 13.1 M; group 3: 320·640·9·256 + 7·640·640·9·64 +
+    /// 320·640·64 = 471.9 + 1,651.5 + 13.1 M; linear 6,400. Sum 5,951.1 M (more than the 5.25 G
+    /// usually quoted for WRN-28-10, whose blocks stride their first conv instead).
+    #[test]
+    fn wrn_28_10_forward_flops() {
+        let cfg = ModelConfig { depth: 28, widen: 10, ..ModelConfig::default() };
+        let f = forward_flops(&cfg, 3, 32, 32, 10);
+        assert!((f / 2.0 - 5_951.1e6).abs() < 0.1e6, "{} M MAC", f / 2e6);
+    }
+
     #[test]
     fn without_norm_only_the_norm_parameters_go() {
         // Norm channels: group g's first block has bn1 over its input, the other seven of its
@@ -234,6 +298,38 @@ mod tests {
         let net = Wrn::new(&vs.root(), &cfg, 3, 100);
         let y = net.forward(&Tensor::zeros([2, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu)), Mode::Train);
         assert_eq!(y.size(), vec![2, 100]);
+    }
+
+    #[test]
+    fn bf16_and_channels_last_follow_fp32_closely_and_keep_gradients_fp32() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cfg = ModelConfig { depth: 10, widen: 2, ..ModelConfig::default() };
+        let mut net = Wrn::new(&vs.root(), &cfg, 3, 10);
+        let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
+        let logits = |net: &Wrn| net.forward(&x, Mode::Eval);
+        let fp32 = logits(&net);
+
+        net.set_compute(&vs, Precision::Fp32, true);
+        let nhwc = logits(&net);
+        assert!(!vs.variables()["layer1.0.conv1.weight"].is_contiguous(), "weights moved to NHWC");
+        // Same arithmetic, other summation order: float rounding only.
+        assert!(nhwc.allclose(&fp32, 1e-4, 1e-5, false));
+
+        net.set_compute(&vs, Precision::Bf16, true);
+        let bf16 = logits(&net);
+        assert_eq!(bf16.kind(), Kind::Float);
+        let err = (&bf16 - &fp32).abs().max().double_value(&[]);
+        let spread = fp32.std(true).double_value(&[]);
+        // bf16 rounds every conv input to 8 mantissa bits: errors of ~1 % of the logits' spread,
+        // nowhere near a wrong network (which would be off by the spread itself).
+        assert!(err > 0.0 && err < 0.05 * spread, "bf16 logits off by {err} (spread {spread})");
+
+        let xg = x.detach().set_requires_grad(true);
+        let lse = crate::model::energy::lse(&net.forward(&xg, Mode::Train)).sum(None);
+        lse.backward();
+        assert_eq!(xg.grad().kind(), Kind::Float);
+        assert!(vs.trainable_variables().iter().all(|p| p.kind() == Kind::Float && p.grad().kind() == Kind::Float));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::config::{Config, NetMode, Recipe};
 use crate::model::{energy, Mode, Wrn};
 use crate::optim::{sam::Sam, zero_grad, Base};
 use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
+use crate::train::distributed::World;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use tch::Tensor;
 
 /// A labelled batch, already on the training device.
@@ -32,6 +34,28 @@ pub struct Learner {
     pub params: Vec<Tensor>,
     pub opt: Base,
     pub sam: Option<Sam>,
+    /// The other workers of a data-parallel job, whose gradients each pass averages with ours.
+    pub world: Option<Rc<World>>,
+}
+
+impl Learner {
+    /// Averages the gradients over the workers (nothing in a single process).
+    fn reduce_gradients(&self) {
+        if let Some(w) = &self.world {
+            w.average_gradients(&self.params);
+        }
+    }
+
+    /// The loss outcome every worker agrees on: a divergence on any worker stops all of them at
+    /// the same iteration (their collective calls must stay in step).
+    fn agree<T>(&self, result: Result<T, Diverged>) -> Result<T, Diverged> {
+        match &self.world {
+            Some(w) if w.any(result.is_err()) => {
+                Err(result.err().unwrap_or_else(|| Diverged { what: "another worker's loss diverged".into() }))
+            }
+            _ => result,
+        }
+    }
 }
 
 /// The sampler's persistent state: the replay buffer and what restarts its chains.
@@ -60,33 +84,58 @@ pub fn step(
     let x_sample = match (cfg.train.recipe, chains) {
         (Recipe::Softmax, _) => None,
         (_, None) => panic!("the joint recipes need the sampler's chains"),
-        (_, Some(chains)) => {
-            let mode = match cfg.sampler.net_mode {
-                NetMode::Train => Mode::Train,
-                NetMode::Eval => Mode::Eval,
-            };
-            let draw = chains.buffer.draw(cfg.sampler.batch_size as i64, &chains.init);
-            let x = sgld::run(&learner.net, &draw.x0, &cfg.sampler, mode, None);
-            chains.buffer.write(&draw.index, &x);
-            Some(x)
-        }
+        (_, Some(chains)) => Some(sample(cfg, &learner.net, chains)),
     };
     let px = x_sample.as_ref().map(|s| (x_data, s));
-
-    zero_grad(&learner.params);
-    let (loss, stats) = joint_loss(cfg, &learner.net, lab, px, Mode::Train)?;
-    loss.backward();
-    if let Some(sam) = &learner.sam {
-        let e = sam.ascend(&learner.params);
-        zero_grad(&learner.params);
-        let (loss_at_e, _) = joint_loss(cfg, &learner.net, lab, px, Mode::TrainFrozenStats).inspect_err(|_| {
-            Sam::descend(&learner.params, &e);
-        })?;
-        loss_at_e.backward();
-        Sam::descend(&learner.params, &e);
+    let stats = gradient_pass(cfg, learner, lab, px)?;
+    if learner.sam.is_some() {
+        sam_pass(cfg, learner, lab, px)?;
     }
     learner.opt.step(&learner.params, lr);
     Ok(stats)
+}
+
+/// Step 1: chains drawn from the replay buffer, run by the sampler and written back; returns
+/// the (detached) samples.
+pub fn sample(cfg: &Config, net: &Wrn, chains: &mut Chains) -> Tensor {
+    let mode = match cfg.sampler.net_mode {
+        NetMode::Train => Mode::Train,
+        NetMode::Eval => Mode::Eval,
+    };
+    let draw = chains.buffer.draw(cfg.sampler.batch_size as i64, &chains.init);
+    let x = sgld::run(net, &draw.x0, &cfg.sampler, mode, None);
+    chains.buffer.write(&draw.index, &x);
+    x
+}
+
+/// Step 2: the loss's gradient at the current weights, left in the parameters' `.grad`.
+/// `px` = (data batch, samples) for the joint recipes.
+pub fn gradient_pass(
+    cfg: &Config,
+    learner: &Learner,
+    lab: &Batch,
+    px: Option<(&Tensor, &Tensor)>,
+) -> Result<StepStats, Diverged> {
+    zero_grad(&learner.params);
+    let (loss, stats) = learner.agree(joint_loss(cfg, &learner.net, lab, px, Mode::Train))?;
+    loss.backward();
+    learner.reduce_gradients();
+    Ok(stats)
+}
+
+/// Step 3 (SAM): from the gradient in `.grad`, up to w + e, the gradient there (batch-norm
+/// statistics frozen) replaces it, back to w.
+pub fn sam_pass(cfg: &Config, learner: &Learner, lab: &Batch, px: Option<(&Tensor, &Tensor)>) -> Result<(), Diverged> {
+    let sam = learner.sam.as_ref().expect("sam_pass needs optim.sam_rho > 0");
+    let e = sam.ascend(&learner.params);
+    zero_grad(&learner.params);
+    let (loss_at_e, _) = learner.agree(joint_loss(cfg, &learner.net, lab, px, Mode::TrainFrozenStats)).inspect_err(|_| {
+        Sam::descend(&learner.params, &e);
+    })?;
+    loss_at_e.backward();
+    learner.reduce_gradients();
+    Sam::descend(&learner.params, &e);
+    Ok(())
 }
 
 /// The total loss and its reported terms. `px` = (data batch, detached samples).
@@ -145,7 +194,7 @@ mod tests {
         let params = vs.trainable_variables();
         let n = params.len();
         let sam = (sam_rho > 0.0).then_some(Sam { rho: sam_rho, adaptive: true });
-        let learner = Learner { net, params, opt: Base::Sgd(crate::optim::Sgd::new(0.9, 5e-4, n)), sam };
+        let learner = Learner { net, params, opt: Base::Sgd(crate::optim::Sgd::new(0.9, 5e-4, n)), sam, world: None };
         let init = Init::Uniform { shape: [1, 28, 28] };
         let buffer = ReplayBuffer::new(32, &init, 10, 0.05, Device::Cpu);
         (cfg, vs, learner, Chains { buffer, init })

@@ -18,7 +18,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use crate::train::distributed::World;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::time::Instant;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
@@ -46,6 +48,13 @@ pub struct TrainState {
     /// Divergence rollbacks so far, and the learning-rate factor they left.
     pub rollbacks: usize,
     pub lr_scale: f64,
+    /// Workers of the job that wrote the checkpoint (1 before data-parallel training existed).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Independent seeds per purpose from the one `train.seed`.
@@ -129,19 +138,32 @@ struct Session<'a> {
     state: TrainState,
     /// The iteration `latest.safetensors` holds, when this session wrote or restored it.
     latest_iter: Option<usize>,
+    world: Rc<World>,
 }
 
 impl Session<'_> {
+    /// Every worker calls it (the buffer shards and generator states are gathered); rank 0
+    /// writes the file.
     fn save(&self, path: &Path) -> Result<()> {
+        let w = &self.world;
+        let buffer = self.chains.as_ref().map(|c| w.gather(&c.buffer.images).flatten(0, 1));
+        let rngs: Vec<(&str, Tensor)> = generators(self.device).into_iter().map(|(key, device)| (key, w.gather(&shim::rng_state(device)))).collect();
+        if !w.is_primary() {
+            return Ok(());
+        }
         let mut tensors = checkpoint::model_tensors(&self.vs, "model.");
         tensors.extend(self.learner.opt.state_tensors(&self.names));
-        if let Some(chains) = &self.chains {
-            tensors.push(("sampler.buffer".into(), chains.buffer.images.shallow_clone()));
+        if let Some(buffer) = buffer {
+            tensors.push(("sampler.buffer".into(), buffer));
         }
-        for (key, device) in generators(self.device) {
-            tensors.push((key.into(), shim::rng_state(device)));
+        for (key, states) in rngs {
+            tensors.push((key.into(), states.get(0)));
+            if !w.is_single() {
+                tensors.push((format!("{key}.ranks"), states));
+            }
         }
         let mut state = self.state.clone();
+        state.world_size = w.size;
         state.stream = self.stream.state().clone();
         state.px_stream = self.px_stream.as_ref().map(|s| s.state().clone());
         checkpoint::save(path, &tensors, &state)
@@ -151,12 +173,16 @@ impl Session<'_> {
     /// then deletes numbered ones beyond `train.keep_checkpoints`.
     fn save_latest(&mut self, run: &RunDir) -> Result<()> {
         let keep = self.cfg.train.keep_checkpoints;
-        if let Some(prev) = self.latest_iter.filter(|&i| keep > 1 && i != self.state.iter) {
+        let primary = self.world.is_primary();
+        if let Some(prev) = self.latest_iter.filter(|&i| primary && keep > 1 && i != self.state.iter) {
             run.keep_latest_as(prev)?;
         }
         self.save(&run.latest())?;
         self.latest_iter = Some(self.state.iter);
-        run.prune_numbered(keep - 1)
+        if primary {
+            run.prune_numbered(keep - 1)?;
+        }
+        Ok(())
     }
 
     /// Restores the newest checkpoint that reads back intact: `latest`, else the numbered ones
@@ -179,6 +205,8 @@ impl Session<'_> {
                 }
                 // A file we could not read at all (permissions, I/O) is not known to be damaged.
                 Err(e) if e.downcast_ref::<std::io::Error>().is_some() => return Err(e),
+                // Rank 0 has looked first and set damaged files aside; the others only read.
+                Err(e) if !self.world.is_primary() => return Err(e),
                 Err(e) => {
                     let aside = run.set_aside(&path)?;
                     eprintln!("warning: {e:#}; renamed it {}", aside.display());
@@ -197,25 +225,56 @@ impl Session<'_> {
         )
     }
 
+    /// `restore_newest` on every worker: rank 0 first (it sets damaged files aside), then the
+    /// others, who so find the same intact checkpoint.
+    fn restore_newest_together(&mut self, run: &RunDir) -> Result<Option<PathBuf>> {
+        let world = self.world.clone();
+        if !world.is_primary() {
+            world.barrier();
+        }
+        let restored = self.restore_newest(run);
+        if world.is_primary() {
+            world.barrier();
+        }
+        restored
+    }
+
     /// Puts everything back as it was when `path` was saved.
     fn restore(&mut self, path: &Path, tensors: &HashMap<String, Tensor>, state: TrainState) -> Result<()> {
+        let (rank, size) = (self.world.rank, self.world.size);
+        if state.world_size != size {
+            bail!(
+                "{}: written by a job of {} worker(s), and this one has {size}; resume it with `--nproc {}` (the replay buffer and random streams are split by worker)",
+                path.display(),
+                state.world_size,
+                state.world_size
+            );
+        }
         checkpoint::load_model(&self.vs, tensors, "model.", path)?;
         self.learner.opt.load_state(tensors, &self.names, self.device).with_context(|| format!("{}", path.display()))?;
         if let Some(chains) = &mut self.chains {
             let buffer = tensors.get("sampler.buffer").with_context(|| format!("{}: no replay buffer", path.display()))?;
-            if buffer.size() != chains.buffer.images.size() {
-                bail!("{}: the replay buffer has shape {:?}, this run's settings give {:?}", path.display(), buffer.size(), chains.buffer.images.size());
+            let mut whole = chains.buffer.images.size();
+            whole[0] *= size as i64;
+            if buffer.size() != whole {
+                bail!("{}: the replay buffer has shape {:?}, this run's settings give {:?}", path.display(), buffer.size(), whole);
             }
-            chains.buffer.images = buffer.to_device(self.device);
+            let shard = chains.buffer.len();
+            chains.buffer.images = buffer.narrow(0, rank as i64 * shard, shard).to_device(self.device);
         }
         for (key, device) in generators(self.device) {
-            let rng = tensors.get(key).with_context(|| format!("{}: no `{key}` generator state", path.display()))?;
-            shim::set_rng_state(device, rng).with_context(|| format!("{}: `{key}`", path.display()))?;
+            let rng = if size == 1 {
+                tensors.get(key).map(|t| t.shallow_clone())
+            } else {
+                tensors.get(&format!("{key}.ranks")).map(|t| t.get(rank as i64))
+            };
+            let rng = rng.with_context(|| format!("{}: no `{key}` generator state", path.display()))?;
+            shim::set_rng_state(device, &rng).with_context(|| format!("{}: `{key}`", path.display()))?;
         }
         let d = &self.cfg.data;
-        self.stream = BatchStream::restore(self.train_idx.clone(), d.batch_size, state.stream.clone());
+        self.stream = BatchStream::restore(self.train_idx.clone(), d.batch_size * size, state.stream.clone());
         if let (Some(px), Some(st)) = (&mut self.px_stream, &state.px_stream) {
-            *px = BatchStream::restore(self.train_idx.clone(), self.cfg.loss.px_batch_size, st.clone());
+            *px = BatchStream::restore(self.train_idx.clone(), self.cfg.loss.px_batch_size * size, st.clone());
         }
         self.state = state;
         Ok(())
@@ -250,21 +309,49 @@ fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     checkpoint::model_tensors(vs, "").into_iter().filter(|(_, t)| t.requires_grad()).collect()
 }
 
+/// A freshly initialised network for `set`'s images in `vs`, with its optimiser, and the
+/// names of its trainable parameters in the optimiser's order.
+pub fn new_learner(cfg: &Config, vs: &nn::VarStore, set: &ImageSet) -> (Vec<String>, Learner) {
+    let mut net = Wrn::new(&vs.root(), &cfg.model, set.channels as i64, set.num_classes as i64);
+    net.set_compute(vs, cfg.train.precision, cfg.train.channels_last);
+    let (names, params): (Vec<String>, Vec<Tensor>) = named_params(vs).into_iter().unzip();
+    let opt = Base::from_config(&cfg.optim, params.len());
+    let sam = (cfg.optim.sam_rho > 0.0).then_some(Sam { rho: cfg.optim.sam_rho, adaptive: cfg.optim.sam_adaptive });
+    (names, Learner { net, params, opt, sam, world: None })
+}
+
 /// Trains the run in `run` (fresh, or resumed from its newest intact checkpoint; a run that
-/// has none yet starts from the beginning).
-pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result<Summary> {
+/// has none yet starts from the beginning) as worker `world.rank` of `world.size` (see
+/// `distributed` for what a data-parallel job shares).
+pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc<World>) -> Result<Summary> {
     let Inputs { device, train_set, test_set } = inputs;
     engine::seed_torch(cfg.train.seed);
     let d = &cfg.data;
     let (train_idx, valid_idx) = loader::split_valid(train_set.n, d.n_valid, SPLIT_SEED);
     let joint = cfg.train.recipe != Recipe::Softmax;
+    let (rank, workers, primary) = (world.rank, world.size, world.is_primary());
+    if workers > 1 {
+        if train_idx.len() < d.batch_size * workers {
+            bail!("{workers} workers × data.batch_size = {} need at least that many training images; there are {}", d.batch_size * workers, train_idx.len());
+        }
+        if joint && cfg.sampler.buffer_size % workers != 0 {
+            bail!("sampler.buffer_size = {} must divide evenly among the {workers} workers (each keeps a shard)", cfg.sampler.buffer_size);
+        }
+    }
 
     let vs = nn::VarStore::new(device);
-    let net = Wrn::new(&vs.root(), &cfg.model, train_set.channels as i64, train_set.num_classes as i64);
-    let (names, params): (Vec<String>, Vec<Tensor>) = named_params(&vs).into_iter().unzip();
-    let opt = Base::from_config(&cfg.optim, params.len());
-    let sam = (cfg.optim.sam_rho > 0.0).then_some(Sam { rho: cfg.optim.sam_rho, adaptive: cfg.optim.sam_adaptive });
-    let learner = Learner { net, params, opt, sam };
+    let (names, mut learner) = new_learner(cfg, &vs, &train_set);
+    // Model tensors in name order: the same order on every worker.
+    let model: Vec<(String, Tensor)> = checkpoint::model_tensors(&vs, "");
+    let running_stats: Vec<Tensor> = model.iter().filter(|(_, t)| !t.requires_grad()).map(|(_, t)| t.shallow_clone()).collect();
+    if workers > 1 {
+        world.broadcast_from_primary(&model.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>());
+        learner.world = Some(world.clone());
+        // Each worker's own sampler stream; rank 0 keeps the one a single process has.
+        if rank > 0 {
+            tch::manual_seed(derive_seed(derive_seed(cfg.train.seed, 4), rank as u64) as i64);
+        }
+    }
 
     let chains = if joint {
         let s = &cfg.sampler;
@@ -273,17 +360,27 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
             InitKind::Uniform => init::Init::Uniform { shape },
             InitKind::Informative => {
                 let cache = run.root.join("init.safetensors");
-                init::Init::Informative(init::informative_cached(&cache, &train_set, &train_idx, covariance(s), device)?)
+                // Rank 0 fits and caches the class Gaussians; the others then read them.
+                if !primary {
+                    world.barrier();
+                }
+                let fitted = init::informative_cached(&cache, &train_set, &train_idx, covariance(s), device);
+                if primary {
+                    world.barrier();
+                }
+                init::Init::Informative(fitted?)
             }
         };
-        let buffer = ReplayBuffer::new(s.buffer_size as i64, &init, train_set.num_classes as i64, s.reinit_freq, device);
+        let shard = (s.buffer_size / workers) as i64;
+        let buffer = ReplayBuffer::new(shard, &init, train_set.num_classes as i64, s.reinit_freq, device);
         Some(Chains { buffer, init })
     } else {
         None
     };
+    // Every worker reads the same stream of global batches and trains on its slice of each.
     let px_stream = (joint && cfg.loss.px_data == PxData::Clean)
-        .then(|| BatchStream::new(train_idx.clone(), cfg.loss.px_batch_size, derive_seed(cfg.train.seed, 3)));
-    let stream = BatchStream::new(train_idx.clone(), d.batch_size, derive_seed(cfg.train.seed, 1));
+        .then(|| BatchStream::new(train_idx.clone(), cfg.loss.px_batch_size * workers, derive_seed(cfg.train.seed, 3)));
+    let stream = BatchStream::new(train_idx.clone(), d.batch_size * workers, derive_seed(cfg.train.seed, 1));
     let state = TrainState {
         iter: 0,
         epoch: 0,
@@ -295,15 +392,20 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
         train_seconds: 0.0,
         rollbacks: 0,
         lr_scale: 1.0,
+        world_size: workers,
     };
-    let mut s = Session { cfg, device, vs, names, learner, chains, stream, px_stream, train_idx, state, latest_iter: None };
-    run.remove_temporaries()?;
-    let resumed = if resume { s.restore_newest(run)? } else { None };
-    run.truncate_metrics_after(s.state.iter)?;
-    // A kill between keeping `latest` and pruning leaves one numbered checkpoint too many, and
-    // the setting may have been lowered since.
-    run.prune_numbered(cfg.train.keep_checkpoints - 1)?;
-    run.check_space(s.checkpoint_bytes(), cfg.train.keep_checkpoints)?;
+    let mut s = Session { cfg, device, vs, names, learner, chains, stream, px_stream, train_idx, state, latest_iter: None, world: world.clone() };
+    if primary {
+        run.remove_temporaries()?;
+    }
+    let resumed = if resume { s.restore_newest_together(run)? } else { None };
+    if primary {
+        run.truncate_metrics_after(s.state.iter)?;
+        // A kill between keeping `latest` and pruning leaves one numbered checkpoint too many,
+        // and the setting may have been lowered since.
+        run.prune_numbered(cfg.train.keep_checkpoints - 1)?;
+        run.check_space(s.checkpoint_bytes(), cfg.train.keep_checkpoints)?;
+    }
     match resumed {
         Some(_) => println!("resuming {} at epoch {}, iteration {}", run.root.display(), s.state.epoch + 1, s.state.iter),
         None => {
@@ -318,7 +420,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
     let aug = Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise };
     let bpp = s.stream.batches_per_pass();
     let samples_dir = run.root.join("samples");
-    if joint {
+    if joint && primary {
         std::fs::create_dir_all(&samples_dir).with_context(|| format!("{}: cannot create", samples_dir.display()))?;
     }
 
@@ -327,17 +429,27 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
     while s.state.epoch < cfg.train.epochs {
         let epoch = s.state.epoch;
         let done = if s.stream.state().pass == epoch { s.stream.state().batch_in_pass } else { 0 };
-        let bar = progress_bar(bpp, done, epoch, cfg.train.epochs);
+        let bar = if primary { progress_bar(bpp, done, epoch, cfg.train.epochs) } else { ProgressBar::hidden() };
         let mut window = Window::new();
         let mut diverged = None;
         for b in done..bpp {
+            if workers > 1 {
+                // DistributedDataParallel's default: rank 0's running statistics for everyone.
+                world.broadcast_from_primary(&running_stats);
+            }
+            // The whole global batch is augmented on every worker (one shared augmentation
+            // stream), then each keeps its slice.
             let idx = s.stream.next_batch().to_vec();
             let (x, y) = augment::batch(&train_set, &idx, &aug, &mut s.state.augment_rng);
-            let lab = Batch { x: x.to_device(device), y: y.to_device(device) };
+            let mine = |t: Tensor| {
+                let per = t.size()[0] / workers as i64;
+                t.narrow(0, rank as i64 * per, per).to_device(device)
+            };
+            let lab = Batch { x: mine(x), y: mine(y) };
             let x_data = match &mut s.px_stream {
                 Some(px) => {
                     let idx = px.next_batch().to_vec();
-                    augment::batch(&train_set, &idx, &Augment::NONE, &mut s.state.augment_rng).0.to_device(device)
+                    mine(augment::batch(&train_set, &idx, &Augment::NONE, &mut s.state.augment_rng).0)
                 }
                 None => lab.x.shallow_clone(),
             };
@@ -350,8 +462,9 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
                 }
             };
             s.state.iter += 1;
+            // Images of the global batch: the job's throughput. The losses are rank 0's slice.
             window.add(&stats, idx.len());
-            if s.state.iter % cfg.train.log_every == 0 || b + 1 == bpp {
+            if primary && (s.state.iter % cfg.train.log_every == 0 || b + 1 == bpp) {
                 let mut rec = window.means();
                 rec.insert("lr".into(), json!(lr));
                 rec.insert("iter".into(), json!(s.state.iter));
@@ -362,7 +475,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
                 window = Window::new();
             }
             bar.inc(1);
-            if let Some(chains) = &s.chains {
+            if let Some(chains) = s.chains.as_ref().filter(|_| primary) {
                 let every = cfg.train.sample_every;
                 if every > 0 && s.state.iter % every == 0 {
                     save_buffer_grid(&chains.buffer, &samples_dir.join(format!("iter_{:07}.png", s.state.iter)))?;
@@ -380,10 +493,16 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
             continue;
         }
 
+        // Rank 0 validates; every worker takes its result, so their states stay the same.
         let valid_acc = (!valid_idx.is_empty()).then(|| {
-            let logits = eval::logits(&s.learner.net, &train_set, &valid_idx, d.eval_batch_size, device);
-            let labels: Vec<i64> = valid_idx.iter().map(|&i| train_set.labels[i]).collect();
-            accuracy::accuracy(&accuracy::argmax(&logits), &labels)
+            let acc = if primary {
+                let logits = eval::logits(&s.learner.net, &train_set, &valid_idx, d.eval_batch_size, device);
+                let labels: Vec<i64> = valid_idx.iter().map(|&i| train_set.labels[i]).collect();
+                accuracy::accuracy(&accuracy::argmax(&logits), &labels)
+            } else {
+                f64::NAN
+            };
+            world.broadcast_f64(acc)
         });
         // Without a validation split the latest model is the best one.
         let improved = match (valid_acc, s.state.best_valid_acc) {
@@ -396,7 +515,9 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
             s.state.best_valid_acc = valid_acc;
             s.state.best_epoch = Some(epoch + 1);
         }
-        run.log(&json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": valid_acc}))?;
+        if primary {
+            run.log(&json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": valid_acc}))?;
+        }
         // `best` first: killed in between, the resume redoes this epoch end and writes it again.
         if improved {
             s.save(&run.best())?;
@@ -411,6 +532,10 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs) -> Result
             schedule::lr(&cfg.optim, s.state.iter.saturating_sub(1), epoch) * s.state.lr_scale,
             s.state.train_seconds
         );
+    }
+    if !primary {
+        let nan = f64::NAN;
+        return Ok(Summary { test_acc: nan, test_acc_best: nan, best_valid_acc: nan, train_seconds: s.state.train_seconds });
     }
     if let Some(chains) = &s.chains {
         save_buffer_grid(&chains.buffer, &samples_dir.join("final.png"))?;
@@ -459,13 +584,18 @@ fn rollback(s: &mut Session, run: &RunDir, d: Diverged) -> Result<()> {
         );
     }
     let (rollbacks, lr_scale) = (s.state.rollbacks + 1, s.state.lr_scale * cfg.train.rollback_lr_factor);
-    if s.restore_newest(run)?.is_none() {
+    if s.restore_newest_together(run)?.is_none() {
         bail!("training diverged at iteration {at} ({}) and {} holds no checkpoint to roll back to", d.what, run.checkpoints().display());
     }
     s.state.rollbacks = rollbacks;
     s.state.lr_scale = lr_scale;
     // A new sampler stream, so the chains do not walk into the same blow-up.
-    tch::manual_seed(derive_seed(cfg.train.seed, 1000 + rollbacks as u64) as i64);
+    let seed = derive_seed(cfg.train.seed, 1000 + rollbacks as u64);
+    let rank = s.world.rank as u64;
+    tch::manual_seed(if rank == 0 { seed } else { derive_seed(seed, rank) } as i64);
+    if !s.world.is_primary() {
+        return Ok(());
+    }
     run.truncate_metrics_after(s.state.iter)?;
     run.log(&json!({"kind": "rollback", "iter": s.state.iter, "diverged_at": at, "reason": d.what, "lr_scale": lr_scale, "rollback": rollbacks}))?;
     eprintln!(
