@@ -4,11 +4,13 @@ use anyhow::{bail, Result};
 use crate::config::Precision;
 use tch::{nn, Device};
 
-/// Parses `cpu`, `cuda` or `cuda:N`, and checks the device is really there.
+/// Parses `cpu`, `cuda` or `cuda:N`, and checks the device is really there. Plain `cuda` in a
+/// data-parallel worker means its own GPU, `cuda:LOCAL_RANK` (LOCAL_RANK as launchers set it).
 pub fn parse_device(spec: &str) -> Result<Device> {
+    let local_rank = std::env::var("LOCAL_RANK").ok().and_then(|r| r.parse::<usize>().ok());
     let device = match spec {
         "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
+        "cuda" => Device::Cuda(local_rank.unwrap_or(0)),
         s if s.starts_with("cuda:") => match s[5..].parse::<usize>() {
             Ok(i) => Device::Cuda(i),
             Err(_) => bail!("device `{s}`: expected `cpu`, `cuda` or `cuda:N` with N a GPU index"),

@@ -27,19 +27,33 @@ struct Cli {
     command: Command,
 }
 
+/// Where a command's settings come from, layered in this order over the defaults.
+#[derive(clap::Args)]
+struct Settings {
+    /// A preset from configs/ (see `sadajem presets`).
+    #[arg(long)]
+    preset: Option<String>,
+    /// A TOML file over the preset (any subset of its keys).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set optim.lr=0.05` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+impl Settings {
+    fn load(&self) -> Result<Config> {
+        let sources = Sources { preset: self.preset.as_deref(), file: self.config.as_deref(), overrides: &self.overrides };
+        Ok(Config::from_sources(&sources)?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a model; writes a run directory (config.toml, metrics.jsonl, checkpoints/, final.json).
     Train {
-        /// A preset from configs/ (see `sadajem presets`).
-        #[arg(long)]
-        preset: Option<String>,
-        /// A TOML file over the preset (any subset of its keys).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Override one setting, e.g. `--set optim.lr=0.05` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
+        #[command(flatten)]
+        settings: Settings,
         /// Where the run goes (default: runs/<preset>-<UTC time>).
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -166,13 +180,8 @@ enum Command {
     /// Time the parts of one training iteration (sampler step, update pass, SAM pass, data,
     /// whole iteration) after warm-up; appends the result to bench/results.jsonl.
     Bench {
-        #[arg(long)]
-        preset: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Override a setting, e.g. `--set train.precision=bf16` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
+        #[command(flatten)]
+        settings: Settings,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
         #[arg(long, default_value_t = 10)]
@@ -222,12 +231,11 @@ fn main() {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train { preset, config, overrides, run_dir, resume, nproc } => {
+        Command::Train { settings, run_dir, resume, nproc } => {
             let (cfg, root, resuming) = match resume {
                 Some(dir) => (Config::load(&RunDir::open(&dir)?.config())?, dir, true),
                 None => {
-                    let sources = Sources { preset: preset.as_deref(), file: config.as_deref(), overrides: &overrides };
-                    (Config::from_sources(&sources)?, run_dir.clone().unwrap_or_else(|| default_run_dir(preset.as_deref())), false)
+                    (settings.load()?, run_dir.clone().unwrap_or_else(|| default_run_dir(settings.preset.as_deref())), false)
                 }
             };
             if let Some(n) = nproc {
@@ -388,11 +396,10 @@ fn run() -> Result<()> {
             print!("{}", sadajem::report::compare::write(&runs, &out)?);
             println!("comparison → {}", out.join("comparison.md").display());
         }
-        Command::Bench { preset, config, overrides, warmup, iters, reference, allow_busy, results } => {
-            let sources = Sources { preset: preset.as_deref(), file: config.as_deref(), overrides: &overrides };
-            let cfg = Config::from_sources(&sources)?;
+        Command::Bench { settings, warmup, iters, reference, allow_busy, results } => {
+            let cfg = settings.load()?;
             let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
-            let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset };
+            let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset: settings.preset.clone() };
             let idle = bench::others_load(1.0);
             if idle > bench::BUSY_CORES && !allow_busy {
                 bail!("other processes are using {idle:.1} cores; a benchmark now would measure them too. Wait until the machine is idle, or pass --allow-busy");
