@@ -3,7 +3,8 @@
 # train, evaluate (accuracy, calibration, OOD vs MNIST/noise/interpolations, PGD, FID, fresh
 # samples), write runs/demo/report.html and print the summary table.
 #
-# The budget is ~15 minutes on 2 cores including the build, so the demo trains the
+# The budget is 15 minutes on 2 cores including the build (10 min 45 s measured on a fresh
+# clone, docs/results.md), so the demo trains the
 # sadajem-fashion preset on 45,000 of the training images (2 epochs) and scores FID on small
 # samples (200 fresh chains and 225 buffer images against 500 test images: biased upwards,
 # named in runs/demo/eval/fid.json). Extra arguments go to `sadajem train`.
