@@ -142,11 +142,15 @@ impl World {
     /// Overwrites each tensor with rank 0's (in one flat message per kind).
     pub fn broadcast_from_primary(&self, tensors: &[Tensor]) {
         let Some(g) = self.group() else { return };
-        for kind in [Kind::Float, Kind::Double, Kind::Int64, Kind::Uint8] {
-            let same: Vec<&Tensor> = tensors.iter().filter(|t| t.kind() == kind).collect();
-            if same.is_empty() {
-                continue;
+        // One message per kind, kinds in order of first appearance (the same on every worker).
+        let mut kinds: Vec<Kind> = vec![];
+        for t in tensors {
+            if !kinds.contains(&t.kind()) {
+                kinds.push(t.kind());
             }
+        }
+        for kind in kinds {
+            let same: Vec<&Tensor> = tensors.iter().filter(|t| t.kind() == kind).collect();
             let flat = Tensor::cat(&same.iter().map(|t| t.reshape([-1]).to_device(Device::Cpu)).collect::<Vec<_>>(), 0);
             g.broadcast_(&flat, 0).expect("broadcast from rank 0 (did another worker stop?)");
             let mut offset = 0;
