@@ -16,7 +16,6 @@
 use crate::config::{Config, Precision, Recipe};
 use crate::data::{augment, augment::Augment, ImageSet, Split};
 use crate::model::wrn::forward_flops;
-use crate::model::Mode;
 use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
 use crate::train::recipe::{self, Batch, Chains, Learner};
 use crate::train::trainer;
@@ -69,6 +68,8 @@ pub struct Measured {
     pub others_cores: f64,
     /// The precision the passes ran in (`auto` resolved).
     pub precision: Precision,
+    /// The images' channels, side and number of classes (what the PyTorch reference builds).
+    pub image: (usize, usize, usize),
 }
 
 /// Other processes using more than this many cores make a measurement unreliable: libtorch's
@@ -143,7 +144,7 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
     let mut x_sample = None;
     if let Some(chains) = chains.as_mut() {
         let one_step = crate::config::SamplerConfig { steps: 1, ..cfg.sampler.clone() };
-        let mode = if cfg.sampler.net_mode == crate::config::NetMode::Train { Mode::Train } else { Mode::Eval };
+        let mode = recipe::sampler_mode(cfg);
         let draw = chains.buffer.draw(cfg.sampler.batch_size as i64, &chains.init);
         parts.insert("sgld_step", time(device, w, n, || drop(sgld::run(&learner.net, &draw.x0, &one_step, mode, None))));
         x_sample = Some(recipe::sample(cfg, &learner.net, chains));
@@ -164,7 +165,8 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
     let peak_rss_mib = if device == Device::Cpu { peak_rss_mib() } else { None };
     let others_cores = CpuUse::now().others_since(&before);
     let precision = learner.net.precision();
-    Ok(Measured { parts, flops: flops(cfg, &set), peak_rss_mib, others_cores, precision })
+    let image = (set.channels, set.height, set.num_classes);
+    Ok(Measured { parts, flops: flops(cfg, &set), peak_rss_mib, others_cores, precision, image })
 }
 
 /// The analytic FLOP count of each part (see the module docs).
@@ -242,13 +244,14 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 /// The PyTorch reference's command line for the same settings.
-pub fn reference_args(cfg: &Config, set: (usize, usize, usize), precision: Precision, opts: &Options, threads: usize) -> Vec<String> {
+pub fn reference_args(cfg: &Config, ours: &Measured, opts: &Options, threads: usize) -> Vec<String> {
+    let set = ours.image;
     let m = &cfg.model;
     let norm = match m.norm {
         crate::config::NormKind::None => "none",
         crate::config::NormKind::Batch => "batch",
     };
-    let precision = if precision == Precision::Bf16 { "bf16" } else { "fp32" };
+    let precision = if ours.precision == Precision::Bf16 { "bf16" } else { "fp32" };
     let mut args: Vec<String> = vec![
         "--depth".into(), m.depth.to_string(),
         "--widen".into(), m.widen.to_string(),

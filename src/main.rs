@@ -410,8 +410,7 @@ fn run() -> Result<()> {
                 cfg.train.recipe, cfg.model.depth, cfg.model.widen, ours.precision, cfg.train.channels_last, cfg.train.device
             );
             let theirs = if reference {
-                let set = trainer::load_split(&cfg, Split::Test)?;
-                let args = bench::reference_args(&cfg, (set.channels, set.height, set.num_classes), ours.precision, &opts, threads);
+                let args = bench::reference_args(&cfg, &ours, &opts, threads);
                 println!("timing the same iteration in PyTorch (bench/reference_step.py)");
                 Some(bench::run_reference(std::path::Path::new("bench/reference_step.py"), &args)?)
             } else {

@@ -98,14 +98,18 @@ pub fn step(
 /// Step 1: chains drawn from the replay buffer, run by the sampler and written back; returns
 /// the (detached) samples.
 pub fn sample(cfg: &Config, net: &Wrn, chains: &mut Chains) -> Tensor {
-    let mode = match cfg.sampler.net_mode {
-        NetMode::Train => Mode::Train,
-        NetMode::Eval => Mode::Eval,
-    };
     let draw = chains.buffer.draw(cfg.sampler.batch_size as i64, &chains.init);
-    let x = sgld::run(net, &draw.x0, &cfg.sampler, mode, None);
+    let x = sgld::run(net, &draw.x0, &cfg.sampler, sampler_mode(cfg), None);
     chains.buffer.write(&draw.index, &x);
     x
+}
+
+/// How the network runs while training chains sample from it (`sampler.net_mode`).
+pub fn sampler_mode(cfg: &Config) -> Mode {
+    match cfg.sampler.net_mode {
+        NetMode::Train => Mode::Train,
+        NetMode::Eval => Mode::Eval,
+    }
 }
 
 /// Step 2: the loss's gradient at the current weights, left in the parameters' `.grad`.
