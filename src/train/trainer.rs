@@ -62,6 +62,16 @@ fn derive_seed(seed: u64, purpose: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(purpose)
 }
 
+/// Worker `rank`'s own seed from a job-wide one; rank 0 keeps `seed`, so a one-worker job
+/// draws what a single process does.
+fn worker_seed(seed: u64, rank: usize) -> u64 {
+    if rank == 0 {
+        seed
+    } else {
+        derive_seed(seed, rank as u64)
+    }
+}
+
 /// Reads one split of the configured dataset.
 pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
     let d = &cfg.data;
@@ -349,7 +359,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         learner.world = Some(world.clone());
         // Each worker's own sampler stream; rank 0 keeps the one a single process has.
         if rank > 0 {
-            tch::manual_seed(derive_seed(derive_seed(cfg.train.seed, 4), rank as u64) as i64);
+            tch::manual_seed(worker_seed(derive_seed(cfg.train.seed, 4), rank) as i64);
         }
     }
 
@@ -590,9 +600,7 @@ fn rollback(s: &mut Session, run: &RunDir, d: Diverged) -> Result<()> {
     s.state.rollbacks = rollbacks;
     s.state.lr_scale = lr_scale;
     // A new sampler stream, so the chains do not walk into the same blow-up.
-    let seed = derive_seed(cfg.train.seed, 1000 + rollbacks as u64);
-    let rank = s.world.rank as u64;
-    tch::manual_seed(if rank == 0 { seed } else { derive_seed(seed, rank) } as i64);
+    tch::manual_seed(worker_seed(derive_seed(cfg.train.seed, 1000 + rollbacks as u64), s.world.rank) as i64);
     if !s.world.is_primary() {
         return Ok(());
     }
