@@ -3,8 +3,9 @@
 
 Written for this project from docs/method.md (not from the authors' code). It builds the same
 pre-activation WRN-depth-widen as src/model/wrn.rs and runs the same iteration as
-src/train/recipe.rs: a replay-buffer draw, K clipped SGLD steps with the network in train mode,
-the write-back, the loss CE(f(x_lab), y) - (mean LSE f(x_px) - mean LSE f(x_sample)) from three
+src/train/recipe.rs, with the train-mode forwards in the authors' order: the likelihood batch,
+a replay-buffer draw and K clipped SGLD steps, the write-back, the samples, the labelled batch
+last; the loss CE(f(x_lab), y) - (mean LSE f(x_px) - mean LSE f(x_sample)) from those three
 separate forwards, ASAM (method.md §4) with batch-norm running statistics frozen in the second
 pass, then SGD. Data are synthetic (uniform in [-1, 1], random labels): loading is not timed.
 
@@ -168,9 +169,11 @@ def main():
         (g,) = torch.autograd.grad(torch.logsumexp(f(x), 1).sum(), x)
         return (x.detach() + 1.0 * g.clamp(-1, 1)).clamp(-1, 1)  # alpha = 1, sigma = 0
 
-    def loss_backward(x_s):
+    def loss_backward(x_s, lse_px=None):
         opt.zero_grad()
-        l_px = -(torch.logsumexp(f(x_px), 1).mean() - torch.logsumexp(f(x_s), 1).mean())
+        if lse_px is None:
+            lse_px = torch.logsumexp(f(x_px), 1)
+        l_px = -(lse_px.mean() - torch.logsumexp(f(x_s), 1).mean())
         (F.cross_entropy(f(x_lab), y_lab) + l_px).backward()
 
     def sam_pass(x_s):
@@ -190,11 +193,14 @@ def main():
                 q.sub_(e)
 
     def iteration():
+        # The authors' order of train-mode forwards (SADAJEM train_sadajem.py lines 203-225):
+        # the data batch, the chains, the samples, the labelled batch last.
+        lse_px = torch.logsumexp(f(x_px), 1)
         idx, x = draw()
         for _ in range(args.steps):
             x = sgld_step(x)
         buffer.index_copy_(0, idx, x)
-        loss_backward(x)
+        loss_backward(x, lse_px)
         sam_pass(x)
         opt.step()
 

@@ -94,7 +94,35 @@ def inception_score():
     return {"logits": logits.tolist(), "splits": splits, "mean": float(np.mean(scores)), "std": float(np.std(scores))}
 
 
-out = {"ece": ece(), "ood": ood(), "fid": fid(), "kid": kid(), "inception_score": inception_score()}
+def inception_score_reference():
+    """The Inception Score as the SADA-JEM reference computes it (sndnyang/SADAJEM
+    Task/eval_buffer.py line 144, Task/inception.py lines 32-64, 104-106): softmax of the pool3
+    features times the classifier weights WITHOUT its bias, splits = max(1, n // 5000), the KL
+    written out as the improved-GAN code does. `weight` and `bias` are in PyTorch's Linear
+    layout ([K, D] and [K]); the biased score is there to show the bias matters."""
+    n, d, k = 60, 8, 7
+    pool = np.abs(rng.normal(size=(n, d)))  # pool3 features are post-ReLU averages
+    weight = rng.normal(size=(k, d)) * 1.5
+    bias = rng.normal(size=k) * 2.0
+
+    def score(logits):
+        preds = scipy.special.softmax(logits, axis=1)
+        splits = max(1, len(preds) // 5000)
+        scores = []
+        for i in range(splits):
+            part = preds[(i * preds.shape[0] // splits):((i + 1) * preds.shape[0] // splits), :]
+            kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+            scores.append(np.exp(np.mean(np.sum(kl, 1))))
+        return splits, float(np.mean(scores)), float(np.std(scores))
+
+    splits, unbiased, unbiased_std = score(pool @ weight.T)
+    _, biased, _ = score(pool @ weight.T + bias)
+    return {"pool": pool.tolist(), "weight": weight.tolist(), "bias": bias.tolist(), "splits": splits,
+            "unbiased": unbiased, "unbiased_std": unbiased_std, "biased": biased}
+
+
+out = {"ece": ece(), "ood": ood(), "fid": fid(), "kid": kid(), "inception_score": inception_score(),
+       "inception_score_reference": inception_score_reference()}
 path = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "metrics.json"
 path.write_text(json.dumps(out, separators=(",", ":")))
 print(f"wrote {path}")

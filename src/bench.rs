@@ -17,7 +17,7 @@ use crate::config::{Config, Precision, Recipe};
 use crate::data::{augment, augment::Augment, ImageSet, Split};
 use crate::model::wrn::forward_flops;
 use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
-use crate::train::recipe::{self, Batch, Chains, Learner};
+use crate::train::recipe::{self, Batch, Chains, Learner, Samples};
 use crate::train::trainer;
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
@@ -124,11 +124,12 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
         let idx: Vec<usize> = order.by_ref().take(d.batch_size).collect();
         let (x, y) = augment::batch(&set, &idx, &aug, rng);
         let lab = Batch { x: x.to_device(device), y: y.to_device(device) };
-        let x_data = if joint {
-            let idx: Vec<usize> = order.by_ref().take(cfg.loss.px_batch_size).collect();
-            augment::batch(&set, &idx, &Augment::NONE, rng).0.to_device(device)
-        } else {
-            lab.x.shallow_clone()
+        let x_data = match trainer::px_augment(cfg).filter(|_| joint) {
+            Some(px_aug) => {
+                let idx: Vec<usize> = order.by_ref().take(cfg.loss.px_batch_size).collect();
+                augment::batch(&set, &idx, &px_aug, rng).0.to_device(device)
+            }
+            None => lab.x.shallow_clone(),
         };
         (lab, x_data)
     };
@@ -150,7 +151,7 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
         x_sample = Some(recipe::sample(cfg, &learner.net, chains));
     }
     let px = x_sample.as_ref().map(|s| (&x_data, s));
-    let pass = |learner: &Learner| recipe::gradient_pass(cfg, learner, &lab, px).map(drop);
+    let pass = |learner: &Learner| recipe::gradient_pass(cfg, learner, &lab, px.map(|(d, s)| (d, Samples::Given(s)))).map(drop);
     parts.insert("update_pass", time(device, w, n, || pass(&learner).expect("a finite loss")));
     if learner.sam.is_some() {
         parts.insert("sam_pass", time(device, w, n, || recipe::sam_pass(cfg, &learner, &lab, px).expect("a finite loss")));

@@ -104,7 +104,13 @@ pub enum NetMode {
 pub enum PxData {
     /// Its own un-augmented, noise-free stream of `loss.px_batch_size` (SADA-JEM).
     Clean,
-    /// The classification batch itself, augmented and noised (JEM, JEM++).
+    /// Its own independently shuffled stream of `loss.px_batch_size`, augmented and σ-noised
+    /// like the classification batch (JEM, JEM++: their `dload_train` and
+    /// `dload_train_labeled` are two loaders over the same `transform_train` — wgrathwohl/JEM
+    /// `train_wrn_ebm.py` lines 185–195, sndnyang/JEMPP `utils.py` lines 128–133).
+    Augmented,
+    /// The classification batch itself, augmented and noised: one forward fewer, but not what
+    /// any of the authors' code does.
     Shared,
 }
 
@@ -334,7 +340,7 @@ pub struct LossConfig {
     /// Weight of the optional l2·(LSE(x_data)² + LSE(x_sample)²) penalty.
     pub l2: f64,
     pub px_data: PxData,
-    /// Batch of the clean likelihood stream (`px_data = "clean"`).
+    /// Batch of the likelihood term's own stream (`px_data = "clean"` or `"augmented"`).
     pub px_batch_size: usize,
     /// |L_px| above this means the model has diverged (reference: 1e5 SADA-JEM, 1e8 JEM/JEM++).
     pub diverge_at: f64,
@@ -408,7 +414,12 @@ pub struct EvalConfig {
     pub fid_reference_n: usize,
     pub kid_subsets: usize,
     pub kid_subset_size: usize,
+    /// Inception Score splits; 0 = the reference's max(1, n / 5000) (one split for the 10 %
+    /// of a 10,000-image buffer).
     pub is_splits: usize,
+    /// Inception Score from the classifier's logits WITH its bias (torch-fidelity's default);
+    /// false = without, as the reference and the improved-GAN code compute it.
+    pub is_bias: bool,
     /// Where reference statistics are cached (empty: $XDG_CACHE_HOME/sadajem, else
     /// ~/.cache/sadajem).
     pub cache_dir: PathBuf,
@@ -447,7 +458,8 @@ impl Default for EvalConfig {
             fid_reference_n: 0,
             kid_subsets: 100,
             kid_subset_size: 1000,
-            is_splits: 10,
+            is_splits: 0,
+            is_bias: false,
             cache_dir: PathBuf::new(),
         }
     }
@@ -624,7 +636,6 @@ impl Config {
         check(["train", "test", "train+test"].contains(&e.fid_reference.as_str()), "eval.fid_reference", &e.fid_reference, "expected train, test or train+test")?;
         check(e.fid_n >= 2, "eval.fid_n", e.fid_n, "expected ≥ 2")?;
         check(e.kid_subsets >= 1 && e.kid_subset_size >= 2, "eval.kid_subsets / eval.kid_subset_size", format!("{} / {}", e.kid_subsets, e.kid_subset_size), "expected ≥ 1 subset of ≥ 2")?;
-        check(e.is_splits >= 1, "eval.is_splits", e.is_splits, "expected ≥ 1")?;
         Ok(())
     }
 }
@@ -723,11 +734,19 @@ mod tests {
         assert_eq!(get("sadajem-cifar100").sampler.covariance, CovarianceKind::Lowrank);
         let jem = get("jem-cifar10");
         assert_eq!((jem.model.norm, jem.sampler.kind, jem.sampler.steps, jem.sampler.noise), (NormKind::None, SamplerKind::Sgld, 20, 0.01));
-        assert_eq!((jem.sampler.net_mode, jem.sampler.init, jem.loss.px_data), (NetMode::Eval, InitKind::Uniform, PxData::Shared));
-        assert_eq!((jem.data.batch_size, jem.data.noise, jem.loss.diverge_at), (64, 0.03, 1e8));
+        assert_eq!((jem.sampler.net_mode, jem.sampler.init, jem.loss.px_data), (NetMode::Eval, InitKind::Uniform, PxData::Augmented));
+        assert_eq!((jem.data.batch_size, jem.loss.px_batch_size, jem.data.noise, jem.loss.diverge_at), (64, 64, 0.03, 1e8));
+        // wgrathwohl/JEM train_wrn_ebm.py defaults: 200 epochs, ×0.3 at 160 and 180 (the decays happen).
+        assert_eq!((jem.train.epochs, jem.optim.decay_epochs.clone(), jem.optim.decay_rate), (200, vec![160, 180], 0.3));
+        assert_eq!((jem.optim.optimizer, jem.optim.lr, jem.optim.weight_decay, jem.optim.warmup_iters), (Optimizer::Adam, 1e-4, 0.0, 1000));
         let pp = get("jempp-cifar10");
         assert_eq!((pp.sampler.kind, pp.sampler.steps, pp.sampler.inner_steps, pp.sampler.inner_step_size), (SamplerKind::Pyld, 10, 5, 0.2));
-        assert_eq!((pp.model.norm, pp.sampler.init, pp.loss.px_data, pp.data.noise), (NormKind::Batch, InitKind::Informative, PxData::Shared, 0.03));
+        assert_eq!((pp.model.norm, pp.sampler.init, pp.loss.px_data, pp.data.noise), (NormKind::Batch, InitKind::Informative, PxData::Augmented, 0.03));
+        // sndnyang/JEMPP scripts/jempp_cifar10.sh over train_jempp.py's defaults.
+        assert_eq!((pp.train.epochs, pp.optim.decay_epochs.clone(), pp.optim.decay_rate, pp.optim.weight_decay), (150, vec![50, 100, 125], 0.2, 4e-4));
+        for c in [&jem, &pp] {
+            assert!(c.optim.decay_epochs.iter().all(|&e| e < c.train.epochs), "every decay happens");
+        }
     }
 
     #[test]

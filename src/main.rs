@@ -284,12 +284,14 @@ fn run() -> Result<()> {
                 run.root.display()
             );
             let s = trainer::train(&cfg, &run, resuming, inputs, world)?;
+            let best = match (s.test_acc_best, s.best_valid_acc) {
+                (Some(test), Some(valid)) => format!("{:.2}% (best validation checkpoint, valid {:.2}%)", 100.0 * test, 100.0 * valid),
+                _ => "no validation split (data.n_valid = 0): the last checkpoint is the model".into(),
+            };
             println!(
-                "done in {:.0} s: test accuracy {:.2}% (final), {:.2}% (best validation checkpoint, valid {:.2}%) → {}",
+                "done in {:.0} s: test accuracy {:.2}% (final), {best} → {}",
                 s.train_seconds,
                 100.0 * s.test_acc,
-                100.0 * s.test_acc_best,
-                100.0 * s.best_valid_acc,
                 run.final_results().display()
             );
         }

@@ -116,6 +116,32 @@ fn softmax_training_writes_a_complete_run_directory_and_learns() {
     assert!(!again.status.success() && text(&again).contains("--resume"));
 }
 
+/// `data.n_valid = 0` (all training images, as the authors' code trains): the console says
+/// there is no validation split, no NaN is written anywhere, no best checkpoint is invented, and
+/// `eval` takes the last checkpoint.
+#[test]
+fn a_run_without_a_validation_split_says_so_and_writes_no_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = train(&run, &["--set", "data.n_valid=0", "--set", "data.max_train=2000", "--set", "train.epochs=2"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("no validation split"), "{out}");
+    assert!(!out.contains("(best)") && !out.to_lowercase().contains("nan"), "{out}");
+    let fin = std::fs::read_to_string(run.join("final.json")).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for (name, body) in [("final.json", &fin), ("metrics.jsonl", &metrics)] {
+        assert!(!body.to_lowercase().contains("nan"), "{name}: {body}");
+    }
+    let fin: serde_json::Value = serde_json::from_str(&fin).unwrap();
+    assert!(fin["test_accuracy"].as_f64().unwrap() > 0.3, "{fin}");
+    assert!(fin["best_valid_accuracy"].is_null() && fin["test_accuracy_best_checkpoint"].is_null(), "{fin}");
+    assert!(!run.join("checkpoints/best.safetensors").exists());
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"valid\"")).count(), 0);
+    let e = sadajem(&["eval", "--run-dir", run.to_str().unwrap(), "--only", "accuracy"]);
+    assert!(e.status.success() && text(&e).contains("latest.safetensors"), "{}", text(&e));
+}
+
 /// Trains into `dir/whole` uninterrupted and into `dir/killed` with a SIGKILL once `kill_at`
 /// metrics lines exist, then resumes the killed run and checks both logs agree bitwise.
 fn kill_and_resume_matches(dir: &Path, preset: &str, tiny: &[&str], settings: &[&str], kill_at: usize) {

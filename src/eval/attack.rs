@@ -46,12 +46,29 @@ fn project(delta: &Tensor, norm: Norm, eps: f64) -> Tensor {
     }
 }
 
+/// What an attack on a batch leaves: the final iterate, and which images survived it.
+pub struct Attacked {
+    /// The last PGD iterate.
+    pub adv: Tensor,
+    /// Per image: classified right on the clean image, the random start and EVERY iterate —
+    /// the reference's robust accuracy (SADAJEM `bpda_eot_attack.py` `attack_batch`, lines
+    /// 228–279: `defended *= correct` after the clean image, the random start and each of the
+    /// `adv_steps` updates).
+    pub never_broken: Tensor,
+    /// Per image: classified right on the last iterate alone (an upper bound of the above).
+    pub final_correct: Tensor,
+}
+
 /// Adversarial inputs for `classify` (images → logits) around `x` with labels `y`: each step
 /// ascends the cross-entropy (summed, so every sample follows its own gradient), moves by
 /// `step_size` along sign(g) (L∞) or g/‖g‖ (L2), projects back onto the eps-ball around `x`
-/// and clamps to the pixel range [−1, 1]. Random draws use libtorch's generator.
-pub fn pgd(classify: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor, p: &Pgd) -> Tensor {
+/// and clamps to the pixel range [−1, 1]. Random draws use libtorch's generator. Every point
+/// the attack visits is classified on the way (the forward the gradient needs anyway), so both
+/// robust accuracies come out of one attack.
+pub fn pgd(classify: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor, p: &Pgd) -> Attacked {
     let x = x.detach();
+    let right = |logits: &Tensor| logits.detach().argmax(1, false).eq_tensor(y);
+    let mut never_broken = right(&tch::no_grad(|| classify(&x)));
     let mut adv = if p.random_start && p.eps > 0.0 {
         let delta = match p.norm {
             Norm::Linf => x.rand_like() * (2.0 * p.eps) - p.eps,
@@ -68,7 +85,9 @@ pub fn pgd(classify: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor, p: &Pgd
     };
     for _ in 0..p.steps {
         let a = adv.detach().set_requires_grad(true);
-        let loss = classify(&a).cross_entropy_loss::<Tensor>(y, None, Reduction::Sum, -100, 0.0);
+        let logits = classify(&a);
+        never_broken = never_broken.logical_and(&right(&logits));
+        let loss = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Sum, -100, 0.0);
         let g = Tensor::run_backward(&[loss], &[&a], false, false).pop().expect("one input gradient");
         let step = match p.norm {
             Norm::Linf => g.sign() * p.step_size,
@@ -77,7 +96,16 @@ pub fn pgd(classify: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor, p: &Pgd
         let moved = a.detach() + step;
         adv = (&x + project(&(moved - &x), p.norm, p.eps)).clamp(-1.0, 1.0);
     }
-    adv.detach()
+    let adv = adv.detach();
+    let final_correct = right(&tch::no_grad(|| classify(&adv)));
+    // With no steps the start itself is the last point visited.
+    let never_broken = never_broken.logical_and(&final_correct);
+    Attacked { adv, never_broken, final_correct }
+}
+
+/// Fraction of true values of a boolean per-image tensor.
+pub fn fraction(mask: &Tensor) -> f64 {
+    mask.to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
 }
 
 /// SGLD purification / refinement: `steps` of x ← x + α·∇x LSE(f(x)) + σ·ε, each sample with
@@ -137,7 +165,7 @@ mod tests {
         for norm in [Norm::Linf, Norm::L2] {
             // L2's projection shrinks the random start's off-direction part by ~0.8 per step.
             let p = Pgd { norm, eps, steps: 100, step_size: 0.05, random_start: true };
-            let adv = pgd(&f, &x, &y, &p);
+            let adv = pgd(&f, &x, &y, &p).adv;
             let expected = match norm {
                 Norm::Linf => &x + d.sign() * eps,
                 Norm::L2 => &x + &d / sample_norms(&d) * eps,
@@ -160,12 +188,38 @@ mod tests {
         for (norm, dual) in [(Norm::Linf, d.abs().sum(Kind::Float)), (Norm::L2, d.norm())] {
             let eps = 0.1;
             let p = Pgd { norm, eps, steps: 10, step_size: 0.05, random_start: false };
-            let adv = pgd(&f, &x, &y, &p);
+            let attacked = pgd(&f, &x, &y, &p);
             let survive = margin.gt_tensor(&(dual * eps)).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-            let got = accuracy(&f, &adv, &y);
+            let got = accuracy(&f, &attacked.adv, &y);
             assert!((got - survive).abs() < 1e-9, "{norm}: {got} vs closed form {survive}");
             assert!(got < 1.0 && got > 0.0, "{norm}: the test should attack some but not all");
+            // On a linear model the ascent only ever lowers the margin: any-step = final.
+            assert!((fraction(&attacked.never_broken) - survive).abs() < 1e-9, "{norm}: any-step");
+            assert!((fraction(&attacked.final_correct) - survive).abs() < 1e-9, "{norm}: final iterate");
         }
+        // An image misclassified before the attack counts as broken, whatever the iterates do.
+        let wrong = (&y + 1).remainder(2);
+        let attacked = pgd(&f, &x, &wrong, &Pgd { norm: Norm::Linf, eps: 0.0, steps: 0, step_size: 0.0, random_start: false });
+        assert_eq!(fraction(&attacked.never_broken), 0.0);
+    }
+
+    /// A classifier the attack breaks on the way and then loses again: f(x) = [0.8 − sin(12x), 0]
+    /// on one pixel, class 0, sign steps of 0.1 from x = 0 with a ball too large to bind. The
+    /// chain visits 12x = 1.2 (margin 0.8 − 0.93 < 0: broken), turns back at 2.4 (margin 0.8 −
+    /// 0.68 > 0), and oscillates; the last of 4 steps lands at 2.4. Broken at a step, right at
+    /// the end: the reference's any-step accuracy 0, the final-iterate accuracy 1.
+    #[test]
+    fn an_image_broken_at_any_step_counts_as_broken() {
+        let f = |x: &Tensor| {
+            let m = (x.view([-1, 1]) * 12.0).sin().neg() + 0.8;
+            Tensor::cat(&[m.shallow_clone(), m.zeros_like()], 1)
+        };
+        let x = Tensor::zeros([1, 1, 1, 1], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64]);
+        let attacked = pgd(&f, &x, &y, &Pgd { norm: Norm::Linf, eps: 1.0, steps: 4, step_size: 0.1, random_start: false });
+        assert!((attacked.adv.double_value(&[0, 0, 0, 0]) - 0.2).abs() < 1e-6, "{}", attacked.adv);
+        assert_eq!(fraction(&attacked.final_correct), 1.0);
+        assert_eq!(fraction(&attacked.never_broken), 0.0);
     }
 
     #[test]
@@ -174,7 +228,7 @@ mod tests {
         let x = Tensor::from_slice(&[0.95f32, -0.95, 1.0, -1.0]).view([1, 4]);
         let y = Tensor::from_slice(&[1i64]);
         for norm in [Norm::Linf, Norm::L2] {
-            let adv = pgd(&f, &x, &y, &Pgd { norm, eps: 0.3, steps: 5, step_size: 0.2, random_start: true });
+            let adv = pgd(&f, &x, &y, &Pgd { norm, eps: 0.3, steps: 5, step_size: 0.2, random_start: true }).adv;
             assert!(adv.max().double_value(&[]) <= 1.0 && adv.min().double_value(&[]) >= -1.0);
             let delta = &adv - &x;
             let size = match norm {

@@ -49,9 +49,12 @@ pub struct Evaluation<'a> {
     test_logits: OnceCell<Tensor>,
 }
 
-/// `best`, `latest` or a path.
+/// `best`, `latest` or a path. A run without a validation split (`data.n_valid = 0`) has no
+/// best checkpoint: there `best` is the last one.
 pub fn resolve_checkpoint(run: &RunDir, which: &str) -> PathBuf {
+    let no_validation = || Config::load(&run.config()).is_ok_and(|c| c.data.n_valid == 0);
     match which {
+        "best" if !run.best().exists() && no_validation() => run.latest(),
         "best" => run.best(),
         "latest" => run.latest(),
         path => PathBuf::from(path),
@@ -346,7 +349,7 @@ impl<'a> Evaluation<'a> {
                 radii.insert(0, 0.0);
             }
             let progress = bar(radii.len() * chunks.len(), &format!("PGD {norm}"));
-            let mut points = vec![];
+            let (mut points, mut final_points) = (vec![], vec![]);
             let mut rows = vec![];
             for &eps in &radii {
                 // /255 of the [0, 1] range is 2/255 of the network's [−1, 1] range.
@@ -356,21 +359,29 @@ impl<'a> Evaluation<'a> {
                     attack::Norm::L2 => 2.5 * eps_net / e.pgd_steps as f64,
                 };
                 let p = attack::Pgd { norm, eps: eps_net, steps: if eps > 0.0 { e.pgd_steps } else { 0 }, step_size: step, random_start: e.pgd_random_start };
-                let mut right = 0.0;
+                let (mut never_broken, mut final_correct) = (0.0, 0.0);
                 for chunk in &chunks {
                     let (x, y) = Self::images(&self.test, chunk);
                     let (x, y) = (x.to_device(self.device), y.to_device(self.device));
-                    let adv = attack::pgd(&classify, &x, &y, &p);
-                    right += attack::accuracy(&classify, &adv, &y) * chunk.len() as f64;
+                    let attacked = attack::pgd(&classify, &x, &y, &p);
+                    never_broken += attack::fraction(&attacked.never_broken) * chunk.len() as f64;
+                    final_correct += attack::fraction(&attacked.final_correct) * chunk.len() as f64;
                     progress.inc(1);
                 }
-                let acc = right / n as f64;
+                let (acc, acc_final) = (never_broken / n as f64, final_correct / n as f64);
                 points.push((eps, acc));
-                rows.push(json!({"eps": eps, "eps_network_units": eps_net, "step_size_network_units": step, "accuracy": acc}));
+                final_points.push((eps, acc_final));
+                rows.push(json!({
+                    "eps": eps, "eps_network_units": eps_net, "step_size_network_units": step,
+                    "accuracy": acc, "accuracy_final_iterate": acc_final,
+                }));
             }
             progress.finish_and_clear();
             let file = format!("robustness_{norm_name}.png");
-            let series = [plots::Series { name: &format!("PGD-{} {norm}", e.pgd_steps), points: &points }];
+            let series = [
+                plots::Series { name: &format!("PGD-{} {norm}, broken at any step (reference)", e.pgd_steps), points: &points },
+                plots::Series { name: "last iterate only", points: &final_points },
+            ];
             let title = format!("Robust accuracy under {norm} PGD ({n} test images{})", if purify > 0 { format!(", {purify} purification steps") } else { String::new() });
             plots::line_chart(&series, "eps (×1/255 of the [0, 1] pixel range)", "accuracy", &title, Some((0.0, 1.0)), &self.out.join(&file))?;
             plots_written.push(file);
@@ -381,7 +392,9 @@ impl<'a> Evaluation<'a> {
         let record = json!({
             "norms": per_norm,
             "n": n,
-            "protocol": "PGD on the cross-entropy, steps of sign(g) (Linf) or g/||g|| (L2), projection onto the eps-ball and clamp to [-1, 1]; eps in 1/255 of the [0, 1] range (doubled for the network's [-1, 1] input)",
+            "protocol": "PGD on the cross-entropy, steps of sign(g) (Linf) or g/||g|| (L2), projection onto the eps-ball and clamp to [-1, 1]; eps in 1/255 of the [0, 1] range (doubled for the network's [-1, 1] input). `accuracy`: the reference's robust accuracy, an image counts as broken if the clean image, the random start or any iterate is misclassified (SADAJEM bpda_eot_attack.py); `accuracy_final_iterate`: the last iterate alone (an upper bound)",
+            "accuracy": "broken at any step (clean image, random start or any iterate misclassified)",
+            "accuracy_final_iterate": "the last iterate alone",
             "settings": {
                 "pgd_steps": e.pgd_steps, "pgd_step_size": e.pgd_step_size, "pgd_random_start": e.pgd_random_start,
                 "pgd_purify_steps": purify, "refine_step_size": e.refine_step_size, "refine_noise": e.refine_noise, "seed": e.seed,
@@ -532,7 +545,7 @@ impl<'a> Evaluation<'a> {
             let mut result = serde_json::Map::new();
             result.insert("about".into(), json!(about));
             for (part, x) in samples {
-                let (pool, logits) = feature_stats::features(&net, &x, &format!("{protocol} {part}"))?;
+                let (pool, _) = feature_stats::features(&net, &x, &format!("{protocol} {part}"))?;
                 if part != "is" {
                     // KID on all sample features against the reference's fixed share.
                     let (mu, cov) = fid::stats(&pool);
@@ -545,11 +558,18 @@ impl<'a> Evaluation<'a> {
                     summary.push(format!("FID {d:.1} ({protocol})"));
                 }
                 if part != "fid" {
-                    if let Some(l) = logits {
-                        let (is, is_std) = fid::inception_score(&l, e.is_splits.min(x.size()[0] as usize));
+                    if let Some(l) = net.classifier_logits(&pool, e.is_bias) {
+                        let n = x.size()[0] as usize;
+                        let splits = match e.is_splits {
+                            0 => fid::reference_is_splits(n),
+                            s => s.min(n),
+                        };
+                        let (is, is_std) = fid::inception_score(&l, splits);
                         result.insert("inception_score".into(), json!(is));
                         result.insert("inception_score_std".into(), json!(is_std));
-                        result.insert("n_is".into(), json!(x.size()[0]));
+                        result.insert("n_is".into(), json!(n));
+                        result.insert("is_splits".into(), json!(splits));
+                        result.insert("is_logits".into(), json!(if e.is_bias { "with the classifier's bias" } else { "without the classifier's bias (the reference's)" }));
                     }
                 }
             }
@@ -559,10 +579,10 @@ impl<'a> Evaluation<'a> {
             "protocols": protocols,
             "reference": reference_about,
             "network": {"file": path.display().to_string(), "source": format!("{:?}", net.source()), "inception_score": net.has_logits()},
-            "protocol": "FID = ||mu1-mu2||^2 + tr S1 + tr S2 - 2 tr (S1 S2)^1/2 on 2048-d pool3 features; KID = unbiased MMD^2, cubic kernel, mean over subsets; IS over splits (only with pytorch-fid's weights, which have the classifier)",
+            "protocol": "FID = ||mu1-mu2||^2 + tr S1 + tr S2 - 2 tr (S1 S2)^1/2 on 2048-d pool3 features; KID = unbiased MMD^2, cubic kernel, mean over subsets; IS = exp E KL(p(y|x) || p(y)) over is_splits splits (eval.is_splits = 0: the reference's max(1, n / 5000)) of softmax(pool3 W) without the classifier's bias unless eval.is_bias (only with pytorch-fid's weights, which have the classifier)",
             "settings": {
                 "fid_protocols": e.fid_protocols, "fid_n": e.fid_n, "fid_buffer_n": e.fid_buffer_n, "fid_reference": e.fid_reference, "fid_reference_n": e.fid_reference_n,
-                "kid_subsets": e.kid_subsets, "kid_subset_size": e.kid_subset_size, "is_splits": e.is_splits,
+                "kid_subsets": e.kid_subsets, "kid_subset_size": e.kid_subset_size, "is_splits": e.is_splits, "is_bias": e.is_bias,
                 "gen_init": e.gen_init, "gen_steps": e.gen_steps, "gen_step_size": e.gen_step_size, "gen_noise": e.gen_noise, "seed": e.seed,
             },
         });
@@ -583,7 +603,8 @@ impl<'a> Evaluation<'a> {
         for c in 0..self.test.num_classes as i64 {
             let mut members: Vec<usize> = (0..n as usize).filter(|&i| pred[i] == c).collect();
             members.sort_by(|&a, &b| conf[b].total_cmp(&conf[a]));
-            let keep = |share: f64| ((members.len() as f64 * share).round() as usize).min(members.len());
+            // int(len · ratio), rounded down, as the reference (Task/eval_buffer.py line 41).
+            let keep = |share: f64| ((members.len() as f64 * share) as usize).min(members.len());
             top90.extend(members[..keep(0.9)].iter().map(|&i| i as i64));
             top10.extend(members[..keep(0.1)].iter().map(|&i| i as i64));
         }

@@ -97,6 +97,13 @@ pub fn inception_score(logits: &Tensor, splits: usize) -> (f64, f64) {
     mean_std(&scores)
 }
 
+/// The splits the reference scores the Inception Score in: max(1, n // 5000) (SADAJEM
+/// `Task/eval_buffer.py` line 144), so the 10 % of a 10,000-image buffer is ONE split. More
+/// splits of few images bias IS low (each split's marginal p(y) is estimated from fewer images).
+pub fn reference_is_splits(n: usize) -> usize {
+    (n / 5000).max(1)
+}
+
 /// Mean and population standard deviation.
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let mean = v.iter().sum::<f64>() / v.len() as f64;
@@ -145,6 +152,25 @@ mod tests {
         // Each sample certain of its own class, classes balanced: IS = K.
         let sharp = Tensor::eye(5, (Kind::Double, tch::Device::Cpu)) * 100.0;
         assert!((inception_score(&sharp, 1).0 - 5.0).abs() < 1e-6);
+    }
+
+    /// The reference's IS: the classifier without its bias, one split for fewer than 10,000
+    /// images; against NumPy written as the improved-GAN code (scripts/make-metric-fixtures.py).
+    #[test]
+    fn the_reference_inception_score_drops_the_bias_and_uses_one_split() {
+        use crate::eval::inception::classifier_logits;
+        use crate::eval::reference::{close, get, matrix, vec};
+        let r = get("inception_score_reference");
+        let (pool, weight, bias) = (matrix(&r["pool"]), matrix(&r["weight"]), Tensor::from_slice(&vec(&r["bias"])));
+        let splits = reference_is_splits(pool.size()[0] as usize);
+        assert_eq!(splits, r["splits"].as_u64().unwrap() as usize);
+        let (unbiased, std) = inception_score(&classifier_logits(&pool, &weight, None), splits);
+        assert!(close(unbiased, r["unbiased"].as_f64().unwrap(), 1e-9), "IS {unbiased} vs {}", r["unbiased"]);
+        assert!(close(std, r["unbiased_std"].as_f64().unwrap(), 1e-9) || r["unbiased_std"].as_f64().unwrap() == 0.0);
+        let (biased, _) = inception_score(&classifier_logits(&pool, &weight, Some(&bias)), splits);
+        assert!(close(biased, r["biased"].as_f64().unwrap(), 1e-9), "biased IS {biased} vs {}", r["biased"]);
+        assert!((biased - unbiased).abs() > 0.1, "the fixture must tell the two apart");
+        assert_eq!((reference_is_splits(1000), reference_is_splits(9999), reference_is_splits(10_000), reference_is_splits(50_000)), (1, 1, 2, 10));
     }
 
     #[test]

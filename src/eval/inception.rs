@@ -91,6 +91,22 @@ impl Inception {
         self.source() == Source::PytorchFid
     }
 
+    /// The classifier's logits from pool3 features [N, 2048] (on the CPU, f64), with or without
+    /// its bias; None for the TorchScript file, which has no classifier. The Inception Score of
+    /// the reference is computed WITHOUT the bias: `softmax(pool3 · W)` (SADAJEM
+    /// `Task/inception.py` lines 104–106, the improved-GAN code; torch-fidelity's
+    /// `logits_unbiased`).
+    pub fn classifier_logits(&self, pool: &Tensor, with_bias: bool) -> Option<Tensor> {
+        match &self.net {
+            Net::Script(_) => None,
+            Net::Fid(net) => {
+                let cpu = |t: &Tensor| t.to_device(Device::Cpu).to_kind(Kind::Double);
+                let bias = with_bias.then(|| cpu(&net.fc_bias));
+                Some(classifier_logits(pool, &cpu(&net.fc_weight), bias.as_ref()))
+            }
+        }
+    }
+
     /// Features of one batch of images [N, C, H, W], C = 1 or 3, values in [−1, 1], any H, W.
     pub fn features(&self, x: &Tensor) -> Result<Features> {
         let size = x.size();
@@ -121,6 +137,11 @@ impl Inception {
         let cpu = |t: Tensor| t.to_device(Device::Cpu).to_kind(Kind::Double);
         Ok(Features { pool: cpu(pool), logits: logits.map(cpu) })
     }
+}
+
+/// `pool · weightᵀ (+ bias)`: a linear classifier in PyTorch's layout (weight [K, D], bias [K]).
+pub fn classifier_logits(pool: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    pool.linear(weight, bias)
 }
 
 /// Grey → RGB and bilinear resize to 299×299, in f32.

@@ -37,7 +37,7 @@ pub struct TrainState {
     /// Epochs completed.
     pub epoch: usize,
     pub stream: loader::StreamState,
-    /// The likelihood term's clean stream (`loss.px_data = "clean"` joint recipes).
+    /// The likelihood term's own stream (`loss.px_data = "clean"` or `"augmented"`).
     pub px_stream: Option<loader::StreamState>,
     pub augment_rng: ChaCha8Rng,
     /// None until the first validation (and always without a validation split).
@@ -94,6 +94,17 @@ pub fn train_indices(cfg: &Config, n: usize) -> Vec<usize> {
     loader::split_valid(n, cfg.data.n_valid, SPLIT_SEED).0
 }
 
+/// How the likelihood term's own batch is augmented, or None when it reuses the classification
+/// batch (`loss.px_data = "shared"`).
+pub fn px_augment(cfg: &Config) -> Option<Augment> {
+    let d = &cfg.data;
+    match cfg.loss.px_data {
+        PxData::Clean => Some(Augment::NONE),
+        PxData::Augmented => Some(Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise }),
+        PxData::Shared => None,
+    }
+}
+
 /// The informative init's covariance setting.
 pub fn covariance(s: &SamplerConfig) -> init::Covariance {
     match s.covariance {
@@ -128,8 +139,10 @@ impl Inputs {
 
 pub struct Summary {
     pub test_acc: f64,
-    pub test_acc_best: f64,
-    pub best_valid_acc: f64,
+    /// Test accuracy of the best-validation checkpoint, and that validation accuracy; None
+    /// without a validation split (`data.n_valid = 0`), where the last checkpoint is the model.
+    pub test_acc_best: Option<f64>,
+    pub best_valid_acc: Option<f64>,
     pub train_seconds: f64,
 }
 
@@ -388,7 +401,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         None
     };
     // Every worker reads the same stream of global batches and trains on its slice of each.
-    let px_stream = (joint && cfg.loss.px_data == PxData::Clean)
+    let px_stream = (joint && px_augment(cfg).is_some())
         .then(|| BatchStream::new(train_idx.clone(), cfg.loss.px_batch_size * workers, derive_seed(cfg.train.seed, 3)));
     let stream = BatchStream::new(train_idx.clone(), d.batch_size * workers, derive_seed(cfg.train.seed, 1));
     let state = TrainState {
@@ -456,12 +469,12 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
                 t.narrow(0, rank as i64 * per, per).to_device(device)
             };
             let lab = Batch { x: mine(x), y: mine(y) };
-            let x_data = match &mut s.px_stream {
-                Some(px) => {
+            let x_data = match (&mut s.px_stream, px_augment(cfg)) {
+                (Some(px), Some(px_aug)) => {
                     let idx = px.next_batch().to_vec();
-                    mine(augment::batch(&train_set, &idx, &Augment::NONE, &mut s.state.augment_rng).0)
+                    mine(augment::batch(&train_set, &idx, &px_aug, &mut s.state.augment_rng).0)
                 }
-                None => lab.x.shallow_clone(),
+                _ => lab.x.shallow_clone(),
             };
             let lr = schedule::lr(&cfg.optim, s.state.iter, epoch) * s.state.lr_scale;
             let stats = match recipe::step(cfg, &mut s.learner, s.chains.as_mut(), &lab, &x_data, lr) {
@@ -514,10 +527,11 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
             };
             world.broadcast_f64(acc)
         });
-        // Without a validation split the latest model is the best one.
+        // Without a validation split there is no best checkpoint: the last one is the model.
         let improved = match (valid_acc, s.state.best_valid_acc) {
             (Some(acc), Some(best)) => acc > best,
-            _ => true,
+            (Some(_), None) => true,
+            (None, _) => false,
         };
         s.state.epoch = epoch + 1;
         s.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
@@ -525,8 +539,8 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
             s.state.best_valid_acc = valid_acc;
             s.state.best_epoch = Some(epoch + 1);
         }
-        if primary {
-            run.log(&json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": valid_acc}))?;
+        if let (true, Some(acc)) = (primary, valid_acc) {
+            run.log(&json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": acc}))?;
         }
         // `best` first: killed in between, the resume redoes this epoch end and writes it again.
         if improved {
@@ -534,18 +548,17 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         }
         s.save_latest(run)?;
         println!(
-            "epoch {:>3}/{}  valid acc {}{}  lr {:.4}  {:.0} s",
+            "epoch {:>3}/{}  {}{}  lr {:.4}  {:.0} s",
             epoch + 1,
             cfg.train.epochs,
-            valid_acc.map_or("–".to_string(), |a| format!("{:5.2}%", 100.0 * a)),
+            valid_acc.map_or("no validation split".to_string(), |a| format!("valid acc {:5.2}%", 100.0 * a)),
             if improved { " (best)" } else { "" },
             schedule::lr(&cfg.optim, s.state.iter.saturating_sub(1), epoch) * s.state.lr_scale,
             s.state.train_seconds
         );
     }
     if !primary {
-        let nan = f64::NAN;
-        return Ok(Summary { test_acc: nan, test_acc_best: nan, best_valid_acc: nan, train_seconds: s.state.train_seconds });
+        return Ok(Summary { test_acc: f64::NAN, test_acc_best: None, best_valid_acc: None, train_seconds: s.state.train_seconds });
     }
     if let Some(chains) = &s.chains {
         save_buffer_grid(&chains.buffer, &samples_dir.join("final.png"))?;
@@ -557,17 +570,21 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         accuracy::accuracy(&accuracy::argmax(&logits), &test_set.labels)
     };
     let test_acc = test_accuracy(&s.learner.net);
-    let (tensors, best_state): (_, TrainState) = checkpoint::load(&run.best())?;
-    checkpoint::load_model(&s.vs, &tensors, "model.", &run.best())?;
-    let test_acc_best = test_accuracy(&s.learner.net);
+    let best = if valid_idx.is_empty() {
+        None
+    } else {
+        let (tensors, best_state): (_, TrainState) = checkpoint::load(&run.best())?;
+        checkpoint::load_model(&s.vs, &tensors, "model.", &run.best())?;
+        Some((test_accuracy(&s.learner.net), best_state.best_epoch))
+    };
     let st = &s.state;
     run.write_json(
         &run.final_results(),
         &json!({
             "test_accuracy": test_acc,
-            "test_accuracy_best_checkpoint": test_acc_best,
+            "test_accuracy_best_checkpoint": best.map(|b| b.0),
             "best_valid_accuracy": st.best_valid_acc,
-            "best_epoch": best_state.best_epoch,
+            "best_epoch": best.and_then(|b| b.1),
             "n_valid": valid_idx.len(),
             "n_test": test_set.n,
             "epochs": st.epoch,
@@ -576,7 +593,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
             "train_seconds": st.train_seconds,
         }),
     )?;
-    Ok(Summary { test_acc, test_acc_best, best_valid_acc: st.best_valid_acc.unwrap_or(f64::NAN), train_seconds: st.train_seconds })
+    Ok(Summary { test_acc, test_acc_best: best.map(|b| b.0), best_valid_acc: st.best_valid_acc, train_seconds: st.train_seconds })
 }
 
 /// Divergence: back to the last checkpoint with a smaller learning rate and a fresh sampler
