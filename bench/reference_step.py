@@ -6,7 +6,7 @@ pre-activation WRN-depth-widen as src/model/wrn.rs and runs the same iteration a
 src/train/recipe.rs, with the train-mode forwards in the authors' order: the likelihood batch,
 a replay-buffer draw and K clipped SGLD steps, the write-back, the samples, the labelled batch
 last; the loss CE(f(x_lab), y) - (mean LSE f(x_px) - mean LSE f(x_sample)) from those three
-separate forwards, ASAM (method.md §4) with batch-norm running statistics frozen in the second
+separate forwards, ASAM (docs/method.md §4) with batch-norm running statistics frozen in the second
 pass, then SGD. Data are synthetic (uniform in [-1, 1], random labels): loading is not timed.
 
 Timed parts, each in its own loop of --warmup untimed then --iters timed repetitions (median
@@ -83,7 +83,7 @@ class Block(nn.Module):
         self.slope = slope
 
     def forward(self, x):
-        # Dropout has rate 0 (method.md §1): a no-op, left out. The shortcut takes the block
+        # Dropout has rate 0 (docs/method.md §1): a no-op, left out. The shortcut takes the block
         # input, not its normalised activation.
         h = self.conv1(F.leaky_relu(self.bn1(x), self.slope))
         h = self.conv2(F.leaky_relu(self.bn2(h), self.slope))

@@ -205,7 +205,7 @@ pub struct OptimConfig {
     pub adam_betas: [f64; 2],
     /// Adam only: added to the bias-corrected √v in the denominator.
     pub adam_eps: f64,
-    /// SAM neighbourhood radius ρ (method.md §4); 0 = SAM off. Each iteration then costs two
+    /// SAM neighbourhood radius ρ (docs/method.md §4); 0 = SAM off. Each iteration then costs two
     /// forward/backward passes.
     pub sam_rho: f64,
     /// ASAM: scale the perturbation by |w| (set explicitly; not inferred from ρ as the
@@ -334,7 +334,7 @@ impl Default for SamplerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
-    /// L = w_px·L_px + w_ce·L_ce (method.md §2).
+    /// L = w_px·L_px + w_ce·L_ce (docs/method.md §2).
     pub w_ce: f64,
     pub w_px: f64,
     /// Weight of the optional l2·(LSE(x_data)² + LSE(x_sample)²) penalty.
@@ -352,7 +352,7 @@ impl Default for LossConfig {
     }
 }
 
-/// How `sadajem eval` measures a trained model (method.md §6). Pixel distances (`pgd_*_eps`,
+/// How `sadajem eval` measures a trained model (docs/method.md §6). Pixel distances (`pgd_*_eps`,
 /// `pgd_step_size`) are in units of 1/255 of the [0, 1] pixel range, as papers quote them; the
 /// network sees [−1, 1], so they are doubled internally.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -714,7 +714,7 @@ mod tests {
         }
     }
 
-    /// The paper presets carry method.md's reference values, including the odd ones.
+    /// The paper presets carry docs/method.md's reference values, including the odd ones.
     #[test]
     fn paper_presets_match_the_method() {
         let get = |n: &str| Config::from_sources(&Sources { preset: Some(n), ..Default::default() }).unwrap();

@@ -1,5 +1,5 @@
 //! Turns u8 images into a float batch in [−1, 1], with the classification branch's
-//! augmentation: reflect-pad + random crop, horizontal flip, Gaussian noise (method.md §5).
+//! augmentation: reflect-pad + random crop, horizontal flip, Gaussian noise (docs/method.md §5).
 //!
 //! Done on the u8 pixels in plain Rust with our own seeded RNG, so a checkpoint that stores the
 //! RNG reproduces the exact same batches after a resume.
@@ -23,7 +23,7 @@ impl Augment {
     pub const NONE: Augment = Augment { pad_crop: 0, flip: false, noise: 0.0 };
 }
 
-/// The pixel scaling of method.md §1: x/255 → [0, 1] → (x − 0.5)/0.5.
+/// The pixel scaling of docs/method.md §1: x/255 → [0, 1] → (x − 0.5)/0.5.
 pub fn scale(v: u8) -> f32 {
     v as f32 / 127.5 - 1.0
 }

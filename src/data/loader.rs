@@ -1,6 +1,6 @@
 //! Seeded batch streams over a pool of image indices, and the seeded validation split.
 //!
-//! One type serves both streams of method.md §5: the trainer reads `batches_per_pass()` batches
+//! One type serves both streams of docs/method.md §5: the trainer reads `batches_per_pass()` batches
 //! from the classification stream to make an epoch, and simply keeps reading the likelihood
 //! stream, which reshuffles itself at each pass ("cycled forever"). Incomplete batches at the
 //! end of a pass are dropped (drop_last).

@@ -1,4 +1,4 @@
-//! The JEM reading of any classifier's logits f(x) (method.md §1):
+//! The JEM reading of any classifier's logits f(x) (docs/method.md §1):
 //! p(y|x) = softmax f(x), and p(x) ∝ exp(−E(x)) with E(x) = −logsumexp_y f(x)[y].
 
 use tch::{Kind, Tensor};

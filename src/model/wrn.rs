@@ -1,4 +1,4 @@
-//! Pre-activation Wide-ResNet WRN-depth-width, as in method.md §1.
+//! Pre-activation Wide-ResNet WRN-depth-width, as in docs/method.md §1.
 //!
 //! conv3x3(in→16) → 3 groups of n = (depth−4)/6 blocks of widths 16k·{1,2,4}, strides 1,2,2 →
 //! norm → LeakyReLU → global average pool → linear. Every conv carries a bias. The global
@@ -250,7 +250,7 @@ mod tests {
         vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
     }
 
-    /// WRN-28-10, 3 channels, 10 classes, batch norm, counted by hand from method.md §1:
+    /// WRN-28-10, 3 channels, 10 classes, batch norm, counted by hand from docs/method.md §1:
     /// conv1 3·16·9+16 = 448.
     /// group 1 (16→160): first block bn 2·16 + conv 16·160·9+160 + bn 2·160 + conv 160·160·9+160
     ///   + shortcut 16·160+160 = 256,832; three more blocks 2·160+230,560+2·160+230,560 = 461,760

@@ -1,4 +1,4 @@
-//! SAM and its adaptive variant ASAM (method.md §4), around any base optimiser. One iteration:
+//! SAM and its adaptive variant ASAM (docs/method.md §4), around any base optimiser. One iteration:
 //!   1. with the gradients g at w: n = ‖ s ⊙ g ‖₂ over all parameters together, where s = |w|
 //!      for ASAM and 1 for SAM;
 //!   2. e = ρ · s² ⊙ g / (n + 1e-12); w ← w + e            (`Sam::ascend`)
@@ -50,7 +50,7 @@ impl Sam {
         })
     }
 
-    /// Step 4's first half: w ← w − e, as method.md states it. In floating point this can differ
+    /// Step 4's first half: w ← w − e, as docs/method.md states it. In floating point this can differ
     /// from the w before `ascend` by a rounding of w + e (the reference restores a saved copy).
     pub fn descend(params: &[Tensor], e: &[Option<Tensor>]) {
         tch::no_grad(|| {

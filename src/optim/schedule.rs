@@ -1,5 +1,5 @@
 //! Learning rate: linear warm-up from 0 over the first iterations, then ×decay_rate at each
-//! listed epoch (method.md §4).
+//! listed epoch (docs/method.md §4).
 use crate::config::OptimConfig;
 
 /// The rate for global iteration `iter` (0-based) inside epoch `epoch` (0-based). As in the

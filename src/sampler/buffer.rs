@@ -1,4 +1,4 @@
-//! The persistent replay buffer of PCD (method.md §3): SGLD chains continue from where earlier
+//! The persistent replay buffer of PCD (docs/method.md §3): SGLD chains continue from where earlier
 //! iterations left them, except that each drawn entry restarts from the init with probability
 //! `reinit_freq`.
 use super::init::Init;

@@ -1,4 +1,4 @@
-//! Where SGLD chains start (method.md §3): uniform noise U[-1, 1], or JEM++'s "informative"
+//! Where SGLD chains start (docs/method.md §3): uniform noise U[-1, 1], or JEM++'s "informative"
 //! start, one Gaussian `N(μ_c, Σ_c + 1e-4·I)` per class fitted to the un-augmented training
 //! images, sampled and clamped to [-1, 1].
 //!

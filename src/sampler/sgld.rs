@@ -1,4 +1,4 @@
-//! The three step rules of method.md §3, run from a batch of starting points:
+//! The three step rules of docs/method.md §3, run from a batch of starting points:
 //! - `sgld` (JEM):        x ← x + α·∇x + σ·ε
 //! - `clipped` (SADA-JEM): x ← clamp(x + α·clamp(∇x, −1, 1) + σ·ε, −1, 1)
 //! - `pyld` (JEM++):       M outer steps, each followed by N clipped inner steps of size α_inner

@@ -1,4 +1,4 @@
-//! One training iteration. Recipes are settings (method.md): `softmax` trains on the
+//! One training iteration. Recipes are settings (docs/method.md): `softmax` trains on the
 //! classification term alone; `jem`, `jempp` and `sadajem` add the likelihood term, and differ
 //! only by the sampler, likelihood-data and SAM settings their presets give.
 //!
@@ -72,7 +72,7 @@ pub struct Chains {
     pub init: Init,
 }
 
-/// The iteration was not applied: the likelihood term blew up (method.md §2) or a loss is not
+/// The iteration was not applied: the likelihood term blew up (docs/method.md §2) or a loss is not
 /// finite. The model is as it was before the iteration.
 #[derive(Debug)]
 pub struct Diverged {
