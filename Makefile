@@ -1,5 +1,5 @@
 # The README's two commands. Each does all its own set-up.
-.PHONY: demo test setup fuzz-smoke setup-cuda build-cuda
+.PHONY: demo test setup fuzz-smoke setup-cuda build-cuda gpu-check-dry-run
 
 setup:
 	@scripts/setup-libtorch.sh
@@ -17,6 +17,10 @@ build-cuda: setup-cuda
 	  RUSTFLAGS='-C link-args=-Wl,-rpath,$$ORIGIN/../../libtorch-cuda/torch/lib' cargo build --release
 	mkdir -p target-cuda/bin && strip -o target-cuda/bin/sadajem.tmp target-cuda/release/sadajem && mv target-cuda/bin/sadajem.tmp target-cuda/bin/sadajem
 	@ls -l target-cuda/bin/sadajem
+
+# scripts/gpu-check.sh's steps on this machine's CPU with tiny sizes (CI runs it after the tests).
+gpu-check-dry-run: setup
+	scripts/gpu-check.sh --dry-run target/gpu-check
 
 # SADA-JEM on the bundled Fashion-MNIST: train, evaluate, report → runs/demo (replacing an
 # earlier demo); prints the summary table.
