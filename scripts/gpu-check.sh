@@ -316,16 +316,16 @@ step() {
 
 echo "gpu-check ($mode): $bin on $dev, budget ${budget}s → $out"
 if [ $dry = 1 ]; then
-  wrn="WRN-10-1 (dry run)"; metrics="accuracy, calibration and (with a FID network here) FID"
+  wrn="WRN-10-1 (dry run)"; metrics="accuracy, calibration and (with a FID network here) FID on cpu"
 else
-  wrn=WRN-28-10; metrics="every metric, FID included, and the accuracy again on the CPU"
+  wrn=WRN-28-10; metrics="every metric on cuda, FID included, and the accuracy again on the CPU"
 fi
 step env 30 "the machine, the libraries, the build" step_env
 step train_fp32 90 "short sadajem-fashion run, fp32, deterministic" step_train fp32
 step resume_fp32 120 "killed at 2/3 and resumed = uninterrupted, bitwise" step_resume fp32
 step bench_fp32 150 "$wrn SADA-JEM iteration, ours vs PyTorch, fp32" step_bench fp32
 step bench_bf16 150 "$wrn SADA-JEM iteration, ours vs PyTorch, bf16" step_bench bf16
-step eval 180 "$metrics of the fp32 run on $dev" step_eval
+step eval 180 "eval of the fp32 run: $metrics" step_eval
 step nccl_one 90 "a world of one worker over $one_backend = the fp32 run, bitwise" step_nccl_one
 step gloo_two 90 "2 Gloo workers on one device ≈ 1 worker with twice the batch (≤ $two_tolerance)" step_gloo_two
 step train_bf16 90 "short sadajem-fashion run, bf16, deterministic" step_train bf16
