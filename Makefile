@@ -1,8 +1,26 @@
 # The README's two commands. Each does all its own set-up.
-.PHONY: demo test setup fuzz-smoke
+.PHONY: demo test setup fuzz-smoke setup-cuda build-cuda gpu-check-dry-run
 
 setup:
 	@scripts/setup-libtorch.sh
+
+# The CUDA build (README, "GPU"), on any machine, no GPU needed: torch 2.11.0's CUDA 13 wheel
+# and its NVIDIA runtime wheels in libtorch-cuda/ (~3.5 GB download), a binary linked against
+# them (libtorch_cuda, NCCL) in target-cuda/release/, and its stripped copy target-cuda/bin/sadajem
+# (the same depth, so its $ORIGIN rpath finds libtorch-cuda/ too),
+# the one scripts/gpu-check.sh carries to a GPU machine.
+setup-cuda:
+	@scripts/setup-libtorch.sh --cuda
+
+build-cuda: setup-cuda
+	LIBTORCH=$(CURDIR)/libtorch-cuda/torch LIBTORCH_CXX11_ABI=1 CARGO_TARGET_DIR=target-cuda \
+	  RUSTFLAGS='-C link-args=-Wl,-rpath,$$ORIGIN/../../libtorch-cuda/torch/lib' cargo build --release
+	mkdir -p target-cuda/bin && strip -o target-cuda/bin/sadajem.tmp target-cuda/release/sadajem && mv target-cuda/bin/sadajem.tmp target-cuda/bin/sadajem
+	@ls -l target-cuda/bin/sadajem
+
+# scripts/gpu-check.sh's steps on this machine's CPU with tiny sizes (CI runs it after the tests).
+gpu-check-dry-run: setup
+	scripts/gpu-check.sh --dry-run target/gpu-check
 
 # SADA-JEM on the bundled Fashion-MNIST: train, evaluate, report → runs/demo (replacing an
 # earlier demo); prints the summary table.

@@ -39,10 +39,18 @@ fn main() {
     let gloo = std::env::var_os("SADAJEM_GLOO_INCLUDE")
         .map(PathBuf::from)
         .unwrap_or_else(|| libtorch.parent().map(|p| p.join("gloo-include")).unwrap_or_default());
+    println!("cargo:rustc-check-cfg=cfg(sadajem_cuda)");
+    println!("cargo:rustc-check-cfg=cfg(sadajem_nccl)");
+    let cuda = cuda_build(&mut build, &libtorch);
     if gloo.join("gloo/algorithm.h").exists() {
         println!("cargo:rerun-if-changed={}", gloo.display());
         build.include(&gloo).flag("-DUSE_C10D_GLOO").file("csrc/distributed.cpp");
         println!("cargo:rustc-cfg=sadajem_distributed");
+        if cuda {
+            // c10d's NCCL backend: data parallel on GPUs, all-reduce in device memory.
+            build.flag("-DUSE_C10D_NCCL");
+            println!("cargo:rustc-cfg=sadajem_nccl");
+        }
     } else {
         println!(
             "cargo:warning=no Gloo headers in {} (scripts/setup-libtorch.sh puts them there, or set SADAJEM_GLOO_INCLUDE): building without `train --nproc`",
@@ -50,4 +58,31 @@ fn main() {
         );
     }
     build.compile("sadajem_shim");
+}
+
+/// The CUDA build, when LIBTORCH is a CUDA install with nccl.h beside it: `scripts/setup-libtorch.sh
+/// --cuda` lays the NVIDIA wheels out as pip does (torch/ next to nvidia/nccl/include and
+/// nvidia/cu13/include); other layouts name the directories with SADAJEM_NCCL_INCLUDE and
+/// SADAJEM_CUDA_INCLUDE. Adds csrc/cuda.cpp and the CUDA headers; the binary then links
+/// libtorch_cuda and c10_cuda and needs the CUDA libraries at start-up (README, "GPU").
+fn cuda_build(build: &mut cc::Build, libtorch: &std::path::Path) -> bool {
+    println!("cargo:rerun-if-env-changed=SADAJEM_NCCL_INCLUDE");
+    println!("cargo:rerun-if-env-changed=SADAJEM_CUDA_INCLUDE");
+    let site = libtorch.parent().map(PathBuf::from).unwrap_or_default();
+    let dir = |var: &str, default: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| site.join(default));
+    let (nccl, cuda) = (dir("SADAJEM_NCCL_INCLUDE", "nvidia/nccl/include"), dir("SADAJEM_CUDA_INCLUDE", "nvidia/cu13/include"));
+    let found = nccl.join("nccl.h").exists()
+        && cuda.join("cuda_runtime_api.h").exists()
+        && libtorch.join("lib/libtorch_cuda.so").exists()
+        && libtorch.join("include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp").exists();
+    if !found {
+        // The CPU install has libtorch_cuda but no nccl.h: the usual case, so no warning.
+        return false;
+    }
+    build.include(&nccl).include(&cuda).flag("-DUSE_CUDA").file("csrc/cuda.cpp");
+    // torch-sys links torch_cuda already (dropped by --as-needed unless used, as it now is);
+    // the CUDA allocator, stream and guard functions the headers call live in c10_cuda.
+    println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    println!("cargo:rustc-cfg=sadajem_cuda");
+    true
 }

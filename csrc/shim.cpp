@@ -86,4 +86,16 @@ int sj_make_channels_last_(void *param) {
   });
 }
 
+int sj_set_deterministic(int on) {
+  return guarded([&] {
+    auto &ctx = at::globalContext();
+    // torch.use_deterministic_algorithms(on, warn_only=True) and cudnn.deterministic = on: an op
+    // with no deterministic kernel warns (on stderr) instead of failing the run.
+    ctx.setDeterministicAlgorithms(on != 0, /*warn_only=*/true);
+    ctx.setDeterministicCuDNN(on != 0);
+    if (on != 0)
+      ctx.setBenchmarkCuDNN(false);
+  });
+}
+
 } // extern "C"

@@ -36,6 +36,10 @@ int sj_channels_last(void *x, void **out);
 // keep referring to the same tensor).
 int sj_make_channels_last_(void *param);
 
+// Deterministic kernels where libtorch has them (ATen's deterministic mode, warn-only, and
+// cuDNN's deterministic algorithms without autotuning), or libtorch's defaults again.
+int sj_set_deterministic(int on);
+
 #ifdef __cplusplus
 }
 #endif

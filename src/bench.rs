@@ -11,8 +11,9 @@
 //!
 //! Achieved GFLOP/s divide an analytic count (`model::wrn::forward_flops`, F per image) by the
 //! median time: a forward is F, a backward 2F (input and weight gradients), the sampler's
-//! input-only backward F. Peak memory is the process's resident high-water mark over the timed
-//! work (reset before warm-up) on CPU, and libtorch's allocator peak on CUDA is not read (said).
+//! input-only backward F. Peak memory over the timed work (reset before warm-up): on CPU the
+//! process's resident high-water mark, on CUDA the caching allocator's peak of bytes allocated
+//! to tensors (what PyTorch's torch.cuda.max_memory_allocated reads; the CUDA build only).
 use crate::config::{Config, Precision, Recipe};
 use crate::data::{augment, augment::Augment, ImageSet, Split};
 use crate::model::wrn::forward_flops;
@@ -42,6 +43,22 @@ pub struct Options {
     pub results: PathBuf,
     /// The preset name, for the record.
     pub preset: Option<String>,
+    /// Time on this many seeded random images (see [`synthetic_set`]) instead of data.dir.
+    pub synthetic: Option<usize>,
+}
+
+/// `n` seeded random images of `data.channels` × `data.image_size`² (3 × 32² by default: CIFAR's
+/// shape) with labels cycling over 100 classes for `data.format = cifar100`, 10 otherwise: for a
+/// machine without the dataset (a lent GPU). Reading, augmenting and the network cost the same as
+/// on real images of that shape, so the parts time the same work.
+pub fn synthetic_set(cfg: &Config, n: usize) -> ImageSet {
+    use rand::RngCore;
+    let d = &cfg.data;
+    let classes = if d.format == "cifar100" { 100 } else { 10 };
+    let mut images = vec![0u8; n * d.channels * d.image_size * d.image_size];
+    ChaCha8Rng::seed_from_u64(cfg.train.seed).fill_bytes(&mut images);
+    let labels = (0..n).map(|i| (i % classes) as i64).collect();
+    ImageSet { images, n, channels: d.channels, height: d.image_size, width: d.image_size, labels, num_classes: classes }
 }
 
 /// Median and minimum seconds of one part.
@@ -64,6 +81,8 @@ pub struct Measured {
     /// Floating-point operations of each part (analytic).
     pub flops: BTreeMap<&'static str, f64>,
     pub peak_rss_mib: Option<f64>,
+    /// The GPU allocator's peak (CUDA devices in the CUDA build).
+    pub peak_cuda_mib: Option<f64>,
     /// CPU cores' worth of work other processes did while we measured.
     pub others_cores: f64,
     /// The precision the passes ran in (`auto` resolved).
@@ -103,7 +122,11 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
         bail!("--iters must be at least 1");
     }
     let device = crate::engine::parse_device(&cfg.train.device)?;
-    let set = trainer::load_split(cfg, Split::Train)?;
+    let set = match opts.synthetic {
+        Some(0) => bail!("--synthetic 0: expected a number of images ≥ 1"),
+        Some(n) => synthetic_set(cfg, n),
+        None => trainer::load_split(cfg, Split::Train)?,
+    };
     let joint = cfg.train.recipe != Recipe::Softmax;
     crate::engine::seed_torch(cfg.train.seed);
     let vs = nn::VarStore::new(device);
@@ -139,6 +162,9 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
 
     let before = CpuUse::now();
     reset_peak_rss();
+    if let Device::Cuda(i) = device {
+        crate::shim::cuda_reset_peak(i);
+    }
     let mut parts = BTreeMap::new();
     parts.insert("data", time(device, w, n, || drop(next_batches(&mut rng))));
     let (lab, x_data) = next_batches(&mut rng);
@@ -164,10 +190,14 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
         }),
     );
     let peak_rss_mib = if device == Device::Cpu { peak_rss_mib() } else { None };
+    let peak_cuda_mib = match device {
+        Device::Cuda(i) => crate::shim::cuda_peak_allocated(i).map(|b| b as f64 / (1 << 20) as f64),
+        _ => None,
+    };
     let others_cores = CpuUse::now().others_since(&before);
     let precision = learner.net.precision();
     let image = (set.channels, set.height, set.num_classes);
-    Ok(Measured { parts, flops: flops(cfg, &set), peak_rss_mib, others_cores, precision, image })
+    Ok(Measured { parts, flops: flops(cfg, &set), peak_rss_mib, peak_cuda_mib, others_cores, precision, image })
 }
 
 /// The analytic FLOP count of each part (see the module docs).
@@ -336,16 +366,20 @@ pub fn record(cfg: &Config, opts: &Options, threads: usize, ours: &Measured, ref
             "recipe": cfg.train.recipe, "depth": cfg.model.depth, "widen": cfg.model.widen, "norm": cfg.model.norm,
             "batch": cfg.data.batch_size, "px_batch": cfg.loss.px_batch_size, "sampler_batch": cfg.sampler.batch_size,
             "steps": cfg.sampler.steps, "sam_rho": cfg.optim.sam_rho, "warmup": opts.warmup, "iters": opts.iters,
+            "data": opts.synthetic.map_or_else(|| cfg.data.dir.display().to_string(), |n| format!("synthetic:{n}")),
         },
         "parts": parts,
         "images_per_s": cfg.data.batch_size as f64 / iteration,
         "peak_rss_mib": ours.peak_rss_mib,
+        "peak_cuda_mib": ours.peak_cuda_mib,
         "others_cores": ours.others_cores,
     });
     if let Some(r) = reference {
         rec["reference"] = r.clone();
         let theirs = r.pointer("/parts/iteration/median_s").and_then(Value::as_f64);
         rec["ratio_iteration"] = json!(theirs.map(|t| iteration / t));
+        let their_memory = r["peak_cuda_mib"].as_f64();
+        rec["ratio_peak_cuda"] = json!(ours.peak_cuda_mib.zip(their_memory).map(|(a, b)| a / b));
     }
     rec
 }
@@ -389,6 +423,13 @@ pub fn table(rec: &Value) -> String {
         out += &format!(" (PyTorch {m:.0} MiB)");
     }
     out.push('\n');
+    if let Some(m) = rec["peak_cuda_mib"].as_f64() {
+        out += &format!("peak GPU memory (allocated to tensors): {m:.0} MiB");
+        if let Some(t) = reference.and_then(|r| r["peak_cuda_mib"].as_f64()) {
+            out += &format!(" (PyTorch {t:.0} MiB, ratio {:.2})", m / t);
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -432,6 +473,24 @@ mod tests {
         // test suite, so only the sign and the bound by the core count can be asserted.
         let load = others_load(0.2);
         assert!(load >= 0.0 && load <= crate::engine::available_cores() as f64 + 0.5, "{load}");
+    }
+
+    #[test]
+    fn synthetic_images_have_the_configured_shape_and_are_seeded() {
+        let mut cfg = Config::default();
+        let a = synthetic_set(&cfg, 20);
+        assert_eq!((a.n, a.channels, a.height, a.width, a.num_classes), (20, 3, 32, 32, 10));
+        assert_eq!(a.images.len(), 20 * a.image_len());
+        assert_eq!(&a.labels[8..12], &[8, 9, 0, 1]);
+        assert_eq!(a.images, synthetic_set(&cfg, 20).images, "the same seed, the same images");
+        let mean = a.images.iter().map(|&v| v as f64).sum::<f64>() / a.images.len() as f64;
+        assert!((mean - 127.5).abs() < 5.0, "uniform bytes, mean {mean}");
+        cfg.data.format = "cifar100".into();
+        cfg.data.channels = 1;
+        cfg.train.seed = 2;
+        let b = synthetic_set(&cfg, 150);
+        assert_eq!((b.channels, b.num_classes, b.labels[149]), (1, 100, 49));
+        assert_ne!(b.images[..100], a.images[..100]);
     }
 
     #[test]

@@ -59,6 +59,19 @@ pub enum Precision {
     Auto,
 }
 
+/// The c10d backend data-parallel workers (`train --nproc`) exchange gradients over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// NCCL for CUDA workers in a build that has it, Gloo otherwise; a lone worker joins no
+    /// process group.
+    Auto,
+    /// Through host memory; CPU or GPU workers (several may share one GPU).
+    Gloo,
+    /// In GPU memory; CUDA workers only, each on its own GPU (NCCL refuses two ranks on one).
+    Nccl,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
@@ -248,6 +261,13 @@ pub struct TrainConfig {
     pub threads: usize,
     /// `fp32`, `bf16` (autocast) or `auto` (see [`Precision`]).
     pub precision: Precision,
+    /// `auto`, `gloo` or `nccl` (see [`Backend`]); an explicit one forms a process group even
+    /// for a single worker.
+    pub backend: Backend,
+    /// Deterministic GPU kernels (cuDNN's deterministic algorithms, libtorch's deterministic
+    /// mode): a GPU run and its resumption repeat bitwise, somewhat slower. CPU runs repeat
+    /// bitwise either way.
+    pub deterministic: bool,
     /// Convolution weights and inputs in the channels_last (NHWC) layout: same values, faster
     /// kernels with bf16 on CPU.
     pub channels_last: bool,
@@ -276,6 +296,8 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             threads: 0,
             precision: Precision::Fp32,
+            backend: Backend::Auto,
+            deterministic: false,
             channels_last: false,
             log_every: 50,
             checkpoint_every: 0,
@@ -586,6 +608,12 @@ impl Config {
         check(o.decay_rate > 0.0, "optim.decay_rate", o.decay_rate, "expected > 0")?;
         check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
         check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
+        check(
+            !(t.backend == Backend::Nccl && t.device == "cpu"),
+            "train.backend",
+            "nccl",
+            "expected gloo or auto with train.device = cpu (NCCL runs on GPUs only)",
+        )?;
         check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
         check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "expected ≥ 1 (1 = latest.safetensors alone)")?;
         check(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor", t.rollback_lr_factor, "expected a factor in (0, 1]")?;
@@ -777,6 +805,17 @@ mod tests {
         let e = with(&["optim.lr=fast"]).unwrap_err().to_string();
         assert!(e.contains("optim.lr") && e.contains("fast"), "{e}");
         assert!(with(&["nokey"]).unwrap_err().to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn the_backend_is_typed_and_nccl_needs_a_gpu() {
+        assert_eq!(with(&[]).unwrap().train.backend, Backend::Auto);
+        assert_eq!(with(&["train.backend=gloo"]).unwrap().train.backend, Backend::Gloo);
+        assert_eq!(with(&["train.backend=nccl", "train.device=cuda:1"]).unwrap().train.backend, Backend::Nccl);
+        let e = with(&["train.backend=mpi"]).unwrap_err().to_string();
+        assert!(e.contains("mpi") && e.contains("nccl"), "{e}");
+        let e = with(&["train.backend=nccl", "train.device=cpu"]).unwrap_err().to_string();
+        assert!(e.contains("train.backend") && e.contains("GPUs only"), "{e}");
     }
 
     #[test]

@@ -20,11 +20,14 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     if let Device::Cuda(i) = device {
         load_cuda_backend()?;
         let n = tch::Cuda::device_count();
-        if (i as i64) >= n {
+        if n == 0 {
             bail!(
-                "device `{spec}` asked for, but libtorch sees {n} CUDA device(s); \
-                 is LIBTORCH pointing at a CUDA build of torch 2.11.0 (see README, \"GPU\")?"
+                "device `{spec}`: no CUDA device: libtorch's CUDA library is loaded but sees no GPU \
+                 (no NVIDIA GPU or driver on this machine, or CUDA_VISIBLE_DEVICES hides them); use train.device = cpu"
             );
+        }
+        if (i as i64) >= n {
+            bail!("device `{spec}` asked for, but libtorch sees {n} CUDA device(s): cuda:0 to cuda:{}", n - 1);
         }
     }
     Ok(device)
@@ -61,6 +64,19 @@ pub fn init(threads: usize) -> usize {
     let n = if threads == 0 { available_cores() } else { threads };
     tch::set_num_threads(n as i32);
     n
+}
+
+/// `train.deterministic`: deterministic GPU kernels, so that a run on a GPU repeats (and a
+/// resumed one continues) bitwise, at some cost in speed; what PyTorch users get from
+/// `torch.use_deterministic_algorithms(True)` with `cudnn.deterministic = True`. cuBLAS needs a
+/// fixed workspace for it (CUBLAS_WORKSPACE_CONFIG, read when its first handle is made, so set
+/// here before any CUDA work unless the user chose one). CPU kernels are deterministic for a
+/// given thread count either way.
+pub fn make_deterministic() {
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+    crate::shim::set_deterministic(true);
 }
 
 /// glibc hands every block over its mmap threshold straight back to the kernel when freed, so a
@@ -118,9 +134,87 @@ pub fn make_channels_last(vs: &nn::VarStore) {
     }
 }
 
+/// What a command does on the GPU, for the advice when CUDA runs out of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `train` and `bench`: the three batches of an iteration, and validation.
+    Training,
+    /// `eval`: test-set forwards and attacks, and sampling chains.
+    Evaluation,
+    /// `sample`: sampling chains alone.
+    Sampling,
+    /// Anything else (no batch setting bounds its memory).
+    Other,
+}
+
+impl Workload {
+    /// The settings whose size bounds this workload's GPU memory.
+    pub fn batch_settings(self) -> &'static [&'static str] {
+        match self {
+            Workload::Training => &["data.batch_size", "sampler.batch_size", "loss.px_batch_size", "data.eval_batch_size"],
+            Workload::Evaluation => &["data.eval_batch_size", "sampler.batch_size"],
+            Workload::Sampling => &["sampler.batch_size"],
+            Workload::Other => &[],
+        }
+    }
+}
+
+/// The clear message for an error (or panic) text that is libtorch's CUDA out-of-memory
+/// error, naming the batch settings to lower; None for any other text. libtorch's own first
+/// sentences (how much it tried to allocate, how much was free) are kept; its advice on the
+/// caching allocator and its C++ backtrace are not.
+pub fn out_of_memory(message: &str, workload: Workload) -> Option<String> {
+    let at = message.find("CUDA out of memory")?;
+    // The text may be a Debug-formatted TchError inside a panic message: escaped newlines.
+    let detail = message[at..].split(['\n', '"']).next().unwrap_or("").split("\\n").next().unwrap_or("");
+    let detail = detail.split(" If reserved").next().unwrap_or(detail).trim().trim_end_matches('.');
+    let settings = workload.batch_settings();
+    let advice = match settings {
+        [] => "free the GPU of other processes (nvidia-smi shows them) or run on the CPU".to_string(),
+        [first, ..] => format!(
+            "lower the batch settings that bound this command's GPU memory: {} (e.g. `--set {first}=…` with half \
+             the value; a run continued with --resume reads them from RUN_DIR/config.toml), or free the GPU of \
+             other processes (nvidia-smi shows them)",
+            settings.join(", ")
+        ),
+    };
+    Some(format!("the GPU ran out of memory ({detail}): {advice}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// libtorch's message as tch hands it over: inside a panic of `unwrap` on a TchError
+    /// (Debug-formatted, newlines escaped), and as an error's Display.
+    const OOM: &str = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.81 GiB of \
+        which 1.06 GiB is free. Including non-PyTorch memory, this process has 138.7 GiB memory in use. If reserved \
+        but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid \
+        fragmentation.";
+
+    #[test]
+    fn cuda_out_of_memory_names_the_batch_settings_to_lower() {
+        let panic = format!("called `Result::unwrap()` on an `Err` value: Torch(\"{OOM}\\nException raised from malloc at CUDACachingAllocator.cpp:1\\nframe #0: c10::Error\")");
+        let display = format!("{OOM}\nException raised from malloc at CUDACachingAllocator.cpp:1\nframe #0: c10::Error");
+        for text in [panic, display] {
+            let m = out_of_memory(&text, Workload::Training).expect("an out-of-memory message");
+            for key in ["data.batch_size", "sampler.batch_size", "loss.px_batch_size", "data.eval_batch_size"] {
+                assert!(m.contains(key), "{m}");
+            }
+            assert!(m.contains("Tried to allocate 2.00 GiB") && m.contains("1.06 GiB is free"), "{m}");
+            assert!(!m.contains("frame #0") && !m.contains("Exception raised") && !m.contains("expandable_segments"), "{m}");
+            let e = out_of_memory(&text, Workload::Evaluation).unwrap();
+            assert!(e.contains("data.eval_batch_size, sampler.batch_size") && !e.contains("loss.px_batch_size"), "{e}");
+        }
+        assert!(out_of_memory(OOM, Workload::Other).unwrap().contains("free the GPU"));
+    }
+
+    #[test]
+    fn other_errors_are_left_alone() {
+        for text in ["CUDA error: an illegal memory access was encountered", "out of memory", "DefaultCPUAllocator: can't allocate memory"] {
+            assert_eq!(out_of_memory(text, Workload::Training), None, "{text}");
+        }
+    }
 
     #[test]
     fn device_names_are_checked() {
@@ -147,7 +241,8 @@ mod tests {
         // On a machine with a GPU and a CUDA libtorch this succeeds; then there is nothing to test.
         if let Err(e) = parse_device("cuda:7") {
             let e = e.to_string();
-            assert!(e.contains("cuda") && (e.contains("CUDA library") || e.contains("CUDA device(s)")), "{e}");
+            // The CPU install cannot load its CUDA library; the CUDA build loads it and finds no GPU.
+            assert!(e.contains("cuda") && (e.contains("CUDA library could not be loaded") || e.contains("no CUDA device") || e.contains("CUDA device(s)")), "{e}");
         }
     }
 }

@@ -12,10 +12,18 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 /// `sadajem --version`: the version and what this build can do.
-#[cfg(sadajem_distributed)]
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): yes (c10d Gloo)");
+#[cfg(all(sadajem_distributed, sadajem_nccl))]
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): yes (c10d Gloo)\nNCCL (train.backend = nccl): yes");
+#[cfg(all(sadajem_distributed, not(sadajem_nccl)))]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ndata-parallel training (--nproc): yes (c10d Gloo)\nNCCL (train.backend = nccl): no (not the CUDA build: make build-cuda)"
+);
 #[cfg(not(sadajem_distributed))]
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): no (built without Gloo's headers)");
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ndata-parallel training (--nproc): no (built without Gloo's headers)\nNCCL (train.backend = nccl): no"
+);
 
 #[derive(Parser)]
 #[command(name = "sadajem", version, long_version = LONG_VERSION, about = "Train and evaluate Joint Energy-based Models (SADA-JEM, JEM, JEM++, softmax)")]
@@ -193,6 +201,10 @@ enum Command {
         /// Record the result even if other processes used the CPU meanwhile.
         #[arg(long)]
         allow_busy: bool,
+        /// Time on N seeded random images of the data.channels × data.image_size² shape
+        /// (CIFAR's by default) instead of reading data.dir: for a machine without the dataset.
+        #[arg(long, value_name = "N")]
+        synthetic: Option<usize>,
         #[arg(long, default_value = "bench/results.jsonl")]
         results: PathBuf,
     },
@@ -222,14 +234,44 @@ enum DataCommand {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    let cli = Cli::parse();
+    let workload = match cli.command {
+        Command::Train { .. } | Command::Bench { .. } => engine::Workload::Training,
+        Command::Eval { .. } => engine::Workload::Evaluation,
+        Command::Sample { .. } => engine::Workload::Sampling,
+        _ => engine::Workload::Other,
+    };
+    // libtorch's errors reach us as tch's panics as often as as errors: a CUDA out-of-memory
+    // one, either way, becomes the message naming the batch settings to lower.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if engine::out_of_memory(&panic_text(info.payload()), workload).is_none() {
+            default_hook(info);
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let text = format!("{e:#}");
+            eprintln!("error: {}", engine::out_of_memory(&text, workload).unwrap_or(text));
+            std::process::exit(1);
+        }
+        Err(payload) => match engine::out_of_memory(&panic_text(&*payload), workload) {
+            Some(advice) => {
+                eprintln!("error: {advice}");
+                std::process::exit(1);
+            }
+            // The hook has said what happened; the status a panic exits with.
+            None => std::process::exit(101),
+        },
     }
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train { settings, run_dir, resume, nproc } => {
             let (cfg, root, resuming) = match resume {
@@ -250,11 +292,14 @@ fn run() -> Result<()> {
                 return distributed::launch(n, &args);
             }
             let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
+            if cfg.train.deterministic {
+                engine::make_deterministic();
+            }
             // The device and the data are checked before the run directory is touched, so a
             // mistake in either leaves nothing behind to clean up (and before the workers wait
             // for each other).
             let inputs = trainer::Inputs::load(&cfg)?;
-            let world = Rc::new(distributed::World::from_env()?);
+            let world = Rc::new(distributed::World::from_env(cfg.train.backend, inputs.device)?);
             let run = if resuming {
                 let run = RunDir::open(&root)?;
                 if world.is_primary() {
@@ -270,8 +315,8 @@ fn run() -> Result<()> {
                 RunDir { root: root.clone() }
             };
             world.barrier();
-            if world.size > 1 {
-                println!("worker {} of {}", world.rank, world.size);
+            if let Some(backend) = world.backend() {
+                println!("worker {} of {} ({backend:?})", world.rank, world.size);
             }
             println!(
                 "training {} (recipe {:?}, WRN-{}-{}, {:?}) on {} with {threads} thread(s) → {}",
@@ -398,10 +443,10 @@ fn run() -> Result<()> {
             print!("{}", sadajem::report::compare::write(&runs, &out)?);
             println!("comparison → {}", out.join("comparison.md").display());
         }
-        Command::Bench { settings, warmup, iters, reference, allow_busy, results } => {
+        Command::Bench { settings, warmup, iters, reference, allow_busy, results, synthetic } => {
             let cfg = settings.load()?;
             let threads = engine::init(cli.threads.unwrap_or(cfg.train.threads));
-            let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset: settings.preset.clone() };
+            let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset: settings.preset.clone(), synthetic };
             let idle = bench::others_load(1.0);
             if idle > bench::BUSY_CORES && !allow_busy {
                 bail!("other processes are using {idle:.1} cores; a benchmark now would measure them too. Wait until the machine is idle, or pass --allow-busy");

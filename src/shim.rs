@@ -12,6 +12,7 @@ extern "C" {
     fn sj_autocast_exit(device_type: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
     fn sj_channels_last(x: *mut c_void, out: *mut *mut c_void) -> c_int;
     fn sj_make_channels_last_(param: *mut c_void) -> c_int;
+    fn sj_set_deterministic(on: c_int) -> c_int;
 }
 
 fn cuda_index(device: tch::Device) -> c_int {
@@ -65,7 +66,7 @@ pub fn set_rng_state(device: tch::Device, state: &Tensor) -> Result<(), TchError
 
 #[cfg(sadajem_distributed)]
 extern "C" {
-    fn sj_group_new(addr: *const std::ffi::c_char, port: c_int, rank: c_int, world: c_int, timeout_s: c_int, out: *mut *mut c_void) -> c_int;
+    fn sj_group_new(addr: *const std::ffi::c_char, port: c_int, rank: c_int, world: c_int, timeout_s: c_int, nccl_cuda_index: c_int, out: *mut *mut c_void) -> c_int;
     fn sj_group_free(g: *mut c_void);
     fn sj_group_allreduce_sum(g: *mut c_void, t: *mut c_void) -> c_int;
     fn sj_group_broadcast(g: *mut c_void, t: *mut c_void, root: c_int) -> c_int;
@@ -73,18 +74,21 @@ extern "C" {
     fn sj_group_barrier(g: *mut c_void) -> c_int;
 }
 
-/// A c10d process group (TCPStore rendezvous at `addr:port`, Gloo backend) of `world` ranks.
-/// Collective calls block until every rank has made the same call; a rank that died makes
-/// them fail (an error, not a hang) once its connections close or `timeout_s` passes.
+/// A c10d process group (TCPStore rendezvous at `addr:port`) of `world` ranks, over Gloo
+/// (tensors in host memory) or, given this rank's GPU, NCCL (tensors on that GPU).
+/// Gloo's collective calls block until every rank has made the same call; NCCL's return once
+/// the current CUDA stream waits for them. A rank that died makes them fail (an error, not a
+/// hang) once its connections close or `timeout_s` passes.
 #[cfg(sadajem_distributed)]
 pub struct Group(*mut c_void);
 
 #[cfg(sadajem_distributed)]
 impl Group {
-    pub fn new(addr: &str, port: u16, rank: usize, world: usize, timeout_s: u32) -> Result<Group, TchError> {
+    pub fn new(addr: &str, port: u16, rank: usize, world: usize, timeout_s: u32, nccl_gpu: Option<usize>) -> Result<Group, TchError> {
         let c_addr = std::ffi::CString::new(addr).map_err(|_| TchError::Torch(format!("MASTER_ADDR `{addr}` contains NUL")))?;
         let mut out = std::ptr::null_mut();
-        let rc = unsafe { sj_group_new(c_addr.as_ptr(), port as c_int, rank as c_int, world as c_int, timeout_s as c_int, &mut out) };
+        let gpu = nccl_gpu.map_or(-1, |i| i as c_int);
+        let rc = unsafe { sj_group_new(c_addr.as_ptr(), port as c_int, rank as c_int, world as c_int, timeout_s as c_int, gpu, &mut out) };
         if rc != 0 {
             return Err(last_error());
         }
@@ -127,6 +131,38 @@ impl Drop for Group {
     }
 }
 
+#[cfg(sadajem_cuda)]
+extern "C" {
+    fn sj_cuda_peak_allocated(device: c_int, out: *mut i64) -> c_int;
+    fn sj_cuda_reset_peak(device: c_int) -> c_int;
+}
+
+/// Peak bytes libtorch's caching allocator handed to tensors on GPU `index` since the last
+/// [`cuda_reset_peak`] (torch.cuda.max_memory_allocated); None in a build without CUDA.
+pub fn cuda_peak_allocated(index: usize) -> Option<i64> {
+    #[cfg(sadajem_cuda)]
+    {
+        let mut out = 0i64;
+        let rc = unsafe { sj_cuda_peak_allocated(index as c_int, &mut out) };
+        (rc == 0).then_some(out)
+    }
+    #[cfg(not(sadajem_cuda))]
+    {
+        let _ = index;
+        None
+    }
+}
+
+/// Starts the peak of [`cuda_peak_allocated`] afresh (nothing in a build without CUDA).
+pub fn cuda_reset_peak(index: usize) {
+    #[cfg(sadajem_cuda)]
+    unsafe {
+        sj_cuda_reset_peak(index as c_int);
+    }
+    #[cfg(not(sadajem_cuda))]
+    let _ = index;
+}
+
 /// bf16 autocast on one device type while the guard lives (see `engine::autocast_bf16`).
 pub struct Autocast {
     device_type: c_int,
@@ -152,6 +188,14 @@ impl Drop for Autocast {
         if rc != 0 {
             panic!("leaving autocast: {}", last_error());
         }
+    }
+}
+
+/// libtorch's deterministic mode (see `engine::make_deterministic`) on or off.
+pub fn set_deterministic(on: bool) {
+    let rc = unsafe { sj_set_deterministic(on as c_int) };
+    if rc != 0 {
+        panic!("setting deterministic mode: {}", last_error());
     }
 }
 

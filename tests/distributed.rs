@@ -203,3 +203,33 @@ fn bad_worker_settings_are_clear_errors() {
         .unwrap();
     assert!(!o.status.success() && text(&o).contains("RANK=5"), "{}", text(&o));
 }
+
+#[test]
+fn an_explicit_backend_makes_a_world_of_one_that_trains_as_a_single_process() {
+    if !distributed_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, one) = (dir.path().join("plain"), dir.path().join("one"));
+    let mut a = vec!["train", "--run-dir", plain.to_str().unwrap(), "--set", "data.batch_size=32"];
+    a.extend_from_slice(EQUIVALENCE);
+    let o = sadajem(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("worker 0"), "no group without --nproc: {}", text(&o));
+    let mut b = vec!["train", "--nproc", "1", "--run-dir", one.to_str().unwrap(), "--set", "data.batch_size=32", "--set", "train.backend=gloo"];
+    b.extend_from_slice(EQUIVALENCE);
+    let o = sadajem(&b);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("worker 0 of 1 (Gloo)"), "{}", text(&o));
+    // The collectives of a group of one leave every value as it was: the same run, bitwise.
+    assert_eq!(metrics(&one), metrics(&plain));
+    assert_eq!(model_tensors(&one), model_tensors(&plain));
+}
+
+#[test]
+fn nccl_is_refused_where_it_cannot_run_naming_the_setting() {
+    let o = sadajem(&["--version"]);
+    assert!(text(&o).contains("NCCL (train.backend = nccl): "), "{}", text(&o));
+    let o = sadajem(&["train", "--preset", "softmax-fashion", "--set", "train.backend=nccl"]);
+    assert!(!o.status.success() && text(&o).contains("train.backend") && text(&o).contains("GPUs only"), "{}", text(&o));
+}

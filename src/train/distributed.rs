@@ -1,7 +1,11 @@
-//! Data-parallel training over PyTorch's c10d engine (TCPStore rendezvous, Gloo backend; the
-//! shim's `Group`): the world a worker belongs to, read from the variables torchrun sets
-//! (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK), and `sadajem train --nproc N`'s
-//! launcher, which starts N such workers and supervises them.
+//! Data-parallel training over PyTorch's c10d engine (TCPStore rendezvous, the Gloo or NCCL
+//! backend; the shim's `Group`): the world a worker belongs to, read from the variables
+//! torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK), and
+//! `sadajem train --nproc N`'s launcher, which starts N such workers and supervises them.
+//!
+//! The backend (`train.backend`): NCCL all-reduces CUDA workers' gradients and buffers where
+//! they are, in GPU memory; Gloo works in host memory, so GPU tensors are copied to the host
+//! and back around each collective (which is what lets several workers share one GPU).
 //!
 //! The semantics (README, "Several workers"):
 //! - every worker reads the same seeded, per-epoch reshuffled stream of global batches of
@@ -15,6 +19,7 @@
 //!   broadcast at the start of every iteration (DistributedDataParallel's default);
 //! - rank 0 alone writes metrics, samples and checkpoints; a checkpoint holds the whole buffer
 //!   (the shards in rank order) and every worker's random-generator state.
+use crate::config::Backend;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -28,8 +33,30 @@ const TIMEOUT_S: u32 = 600;
 pub struct World {
     pub rank: usize,
     pub size: usize,
+    /// Where collective calls want their tensors: the host for Gloo, the worker's GPU for NCCL.
+    comm: Device,
     #[cfg(sadajem_distributed)]
     group: Option<crate::shim::Group>,
+}
+
+/// Whether this build has the NCCL backend (the CUDA build: build.rs found nccl.h).
+pub const NCCL_AVAILABLE: bool = cfg!(sadajem_nccl);
+
+/// What `train.backend` means for a worker on `device`: `Gloo` or `Nccl`, never `Auto`; NCCL
+/// on a CPU device, or in a build without it, is an error naming the setting.
+pub fn resolve_backend(backend: Backend, device: Device) -> Result<Backend> {
+    match backend {
+        Backend::Auto if device.is_cuda() && NCCL_AVAILABLE => Ok(Backend::Nccl),
+        Backend::Auto | Backend::Gloo => Ok(Backend::Gloo),
+        Backend::Nccl if !device.is_cuda() => {
+            bail!("train.backend = nccl needs CUDA workers (train.device = cuda or cuda:N); use gloo or auto on the CPU")
+        }
+        Backend::Nccl if !NCCL_AVAILABLE => bail!(
+            "train.backend = nccl, but this sadajem was built without NCCL: build it against the CUDA libtorch \
+             (`make build-cuda`, README \"GPU\"), or use train.backend = gloo"
+        ),
+        Backend::Nccl => Ok(Backend::Nccl),
+    }
 }
 
 /// The variables a launcher (ours, torchrun, srun via a wrapper) sets for each worker.
@@ -42,13 +69,14 @@ pub struct Env {
 }
 
 impl Env {
-    /// None when WORLD_SIZE is unset or 1 (a single process).
-    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Option<Env>> {
+    /// None when WORLD_SIZE is unset, or 1 without `keep_one` (a single process).
+    pub fn parse(get: impl Fn(&str) -> Option<String>, keep_one: bool) -> Result<Option<Env>> {
         let num = |key: &str| -> Result<Option<usize>> {
             get(key).map(|v| v.trim().parse::<usize>().with_context(|| format!("{key}=`{v}`: expected a non-negative integer"))).transpose()
         };
         let world_size = match num("WORLD_SIZE")? {
-            None | Some(1) => return Ok(None),
+            None => return Ok(None),
+            Some(1) if !keep_one => return Ok(None),
             Some(0) => bail!("WORLD_SIZE=0: expected at least 1 worker"),
             Some(n) => n,
         };
@@ -69,29 +97,39 @@ impl World {
         World {
             rank: 0,
             size: 1,
+            comm: Device::Cpu,
             #[cfg(sadajem_distributed)]
             group: None,
         }
     }
 
-    /// The world the environment describes (a single process when WORLD_SIZE is unset or 1);
-    /// joins the process group, which waits until every worker has joined.
-    pub fn from_env() -> Result<World> {
-        let Some(env) = Env::parse(|k| std::env::var(k).ok())? else {
+    /// The world the environment describes for a worker on `device` with `train.backend`
+    /// `backend`: a single process when WORLD_SIZE is unset, or 1 with backend `auto` (an
+    /// explicit backend forms a group of one, which checks that backend). Joins the process
+    /// group, which waits until every worker has joined.
+    pub fn from_env(backend: Backend, device: Device) -> Result<World> {
+        let resolved = resolve_backend(backend, device)?;
+        let Some(env) = Env::parse(|k| std::env::var(k).ok(), backend != Backend::Auto)? else {
             return Ok(World::single());
         };
-        Self::join(&env)
+        Self::join(&env, resolved, device)
     }
 
     #[cfg(sadajem_distributed)]
-    fn join(env: &Env) -> Result<World> {
-        let group = crate::shim::Group::new(&env.master_addr, env.master_port, env.rank, env.world_size, TIMEOUT_S)
-            .with_context(|| format!("rank {} joining {} workers at {}:{}", env.rank, env.world_size, env.master_addr, env.master_port))?;
-        Ok(World { rank: env.rank, size: env.world_size, group: Some(group) })
+    fn join(env: &Env, backend: Backend, device: Device) -> Result<World> {
+        let (comm, nccl_gpu) = match (backend, device) {
+            (Backend::Nccl, Device::Cuda(i)) => (device, Some(i)),
+            _ => (Device::Cpu, None),
+        };
+        let group = crate::shim::Group::new(&env.master_addr, env.master_port, env.rank, env.world_size, TIMEOUT_S, nccl_gpu)
+            .with_context(|| {
+                format!("rank {} joining {} workers at {}:{} ({backend:?})", env.rank, env.world_size, env.master_addr, env.master_port)
+            })?;
+        Ok(World { rank: env.rank, size: env.world_size, comm, group: Some(group) })
     }
 
     #[cfg(not(sadajem_distributed))]
-    fn join(env: &Env) -> Result<World> {
+    fn join(env: &Env, _: Backend, _: Device) -> Result<World> {
         bail!(
             "WORLD_SIZE={} asks for data-parallel training, but this sadajem was built without Gloo's headers \
              (run scripts/setup-libtorch.sh, which fetches them, or set SADAJEM_GLOO_INCLUDE, then rebuild)",
@@ -103,8 +141,15 @@ impl World {
         self.rank == 0
     }
 
+    /// No process group: nothing collective to do (a world of one joined explicitly is not
+    /// single: its collectives run, as a check of the backend).
     pub fn is_single(&self) -> bool {
-        self.size == 1
+        self.group().is_none()
+    }
+
+    /// The backend this world's collectives use (None without a group).
+    pub fn backend(&self) -> Option<Backend> {
+        self.group().map(|_| if self.comm.is_cuda() { Backend::Nccl } else { Backend::Gloo })
     }
 
     /// The group, for a world of more than one worker.
@@ -124,9 +169,10 @@ impl World {
         let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
         for bucket in buckets(&grads) {
             let flat = Tensor::cat(&bucket.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
-            let host = flat.to_device(Device::Cpu);
-            g.allreduce_sum_(&host).expect("all-reduce of the gradients (did another worker stop?)");
-            let mean = host.to_device(flat.device()) / self.size as f64;
+            // The same tensor when it is already where the backend works (NCCL, or Gloo on CPU).
+            let comm = flat.to_device(self.comm);
+            g.allreduce_sum_(&comm).expect("all-reduce of the gradients (did another worker stop?)");
+            let mean = comm.to_device(flat.device()) / self.size as f64;
             let mut offset = 0;
             tch::no_grad(|| {
                 for t in &bucket {
@@ -151,7 +197,7 @@ impl World {
         }
         for kind in kinds {
             let same: Vec<&Tensor> = tensors.iter().filter(|t| t.kind() == kind).collect();
-            let flat = Tensor::cat(&same.iter().map(|t| t.reshape([-1]).to_device(Device::Cpu)).collect::<Vec<_>>(), 0);
+            let flat = Tensor::cat(&same.iter().map(|t| t.reshape([-1]).to_device(self.comm)).collect::<Vec<_>>(), 0);
             g.broadcast_(&flat, 0).expect("broadcast from rank 0 (did another worker stop?)");
             let mut offset = 0;
             tch::no_grad(|| {
@@ -169,21 +215,21 @@ impl World {
     pub fn gather(&self, t: &Tensor) -> Tensor {
         match self.group() {
             None => t.unsqueeze(0),
-            Some(g) => g.allgather(&t.to_device(Device::Cpu)).expect("all-gather (did another worker stop?)").to_device(t.device()),
+            Some(g) => g.allgather(&t.to_device(self.comm)).expect("all-gather (did another worker stop?)").to_device(t.device()),
         }
     }
 
     /// True on every worker when `flag` is true on any.
     pub fn any(&self, flag: bool) -> bool {
         let Some(g) = self.group() else { return flag };
-        let t = Tensor::from_slice(&[flag as i64]);
+        let t = Tensor::from_slice(&[flag as i64]).to_device(self.comm);
         g.allreduce_sum_(&t).expect("all-reduce (did another worker stop?)");
         t.int64_value(&[0]) > 0
     }
 
     /// Rank 0's value of `x` on every worker.
     pub fn broadcast_f64(&self, x: f64) -> f64 {
-        let t = Tensor::from_slice(&[x]);
+        let t = Tensor::from_slice(&[x]).to_device(self.comm);
         self.broadcast_from_primary(std::slice::from_ref(&t));
         t.double_value(&[0])
     }
@@ -349,10 +395,15 @@ mod tests {
 
     #[test]
     fn worker_variables_are_read_and_checked() {
-        assert_eq!(Env::parse(env(&[])).unwrap(), None);
-        assert_eq!(Env::parse(env(&[("WORLD_SIZE", "1")])).unwrap(), None);
-        let e = Env::parse(env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500")])).unwrap();
+        assert_eq!(Env::parse(env(&[]), false).unwrap(), None);
+        assert_eq!(Env::parse(env(&[]), true).unwrap(), None);
+        assert_eq!(Env::parse(env(&[("WORLD_SIZE", "1")]), false).unwrap(), None);
+        let e = Env::parse(env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500")]), false).unwrap();
         assert_eq!(e, Some(Env { rank: 3, world_size: 4, master_addr: "node0".into(), master_port: 29500 }));
+        // A world of one kept (an explicit backend): it needs the same variables as any other.
+        let one = [("WORLD_SIZE", "1"), ("RANK", "0"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")];
+        assert_eq!(Env::parse(env(&one), true).unwrap(), Some(Env { rank: 0, world_size: 1, master_addr: "h".into(), master_port: 1 }));
+        assert!(Env::parse(env(&[("WORLD_SIZE", "1")]), true).unwrap_err().to_string().contains("RANK"));
         for (pairs, expected) in [
             (vec![("WORLD_SIZE", "2")], "RANK"),
             (vec![("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_ADDR", "a"), ("MASTER_PORT", "1")], "RANK=2"),
@@ -360,8 +411,22 @@ mod tests {
             (vec![("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "a"), ("MASTER_PORT", "99999")], "MASTER_PORT=`99999`"),
             (vec![("WORLD_SIZE", "two")], "WORLD_SIZE=`two`"),
         ] {
-            let e = Env::parse(env(&pairs)).unwrap_err().to_string();
+            let e = Env::parse(env(&pairs), false).unwrap_err().to_string();
             assert!(e.contains(expected), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_backend_follows_the_device_and_the_build() {
+        assert_eq!(resolve_backend(Backend::Auto, Device::Cpu).unwrap(), Backend::Gloo);
+        assert_eq!(resolve_backend(Backend::Gloo, Device::Cuda(0)).unwrap(), Backend::Gloo);
+        let auto_gpu = if NCCL_AVAILABLE { Backend::Nccl } else { Backend::Gloo };
+        assert_eq!(resolve_backend(Backend::Auto, Device::Cuda(1)).unwrap(), auto_gpu);
+        let e = resolve_backend(Backend::Nccl, Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("train.backend = nccl") && e.contains("train.device = cuda"), "{e}");
+        match resolve_backend(Backend::Nccl, Device::Cuda(0)) {
+            Ok(b) => assert!(NCCL_AVAILABLE && b == Backend::Nccl),
+            Err(e) => assert!(!NCCL_AVAILABLE && e.to_string().contains("built without NCCL") && e.to_string().contains("make build-cuda")),
         }
     }
 
@@ -389,8 +454,8 @@ mod tests {
         let port = free_port().unwrap();
         let run = |rank: usize| {
             std::thread::spawn(move || {
-                let group = crate::shim::Group::new("127.0.0.1", port, rank, 2, 60).unwrap();
-                let w = World { rank, size: 2, group: Some(group) };
+                let group = crate::shim::Group::new("127.0.0.1", port, rank, 2, 60, None).unwrap();
+                let w = World { rank, size: 2, comm: Device::Cpu, group: Some(group) };
                 // Gradients 2·(rank+1)·x of two parameters; their mean over the ranks is 3·x.
                 let params: Vec<Tensor> = [3i64, 5].iter().map(|&n| Tensor::ones([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
                 let loss = params.iter().map(|p| (p * (2.0 * (rank as f64 + 1.0))).sum(None)).fold(Tensor::from(0.0f32), |a, b| a + b);
@@ -413,6 +478,24 @@ mod tests {
             assert_eq!(gathered, vec![0.0, 1.0, 10.0, 1.0], "by rank");
             assert!(any, "rank 1's flag reaches rank 0");
         }
+    }
+
+    /// A group of one (what an explicit train.backend forms for `--nproc 1`): its collectives
+    /// run and leave every value as it was, so such a run trains exactly as a single process.
+    #[cfg(sadajem_distributed)]
+    #[test]
+    fn a_group_of_one_runs_its_collectives_as_identities() {
+        let group = crate::shim::Group::new("127.0.0.1", free_port().unwrap(), 0, 1, 60, None).unwrap();
+        let w = World { rank: 0, size: 1, comm: Device::Cpu, group: Some(group) };
+        assert!(!w.is_single() && w.backend() == Some(Backend::Gloo));
+        let p = Tensor::from_slice(&[1.0f32, -2.0, 3.5]).set_requires_grad(true);
+        (&p * &p).sum(None).backward();
+        w.average_gradients(std::slice::from_ref(&p));
+        assert_eq!(Vec::<f32>::try_from(p.grad()).unwrap(), vec![2.0, -4.0, 7.0]);
+        assert_eq!(w.broadcast_f64(0.125), 0.125);
+        assert_eq!(Vec::<f32>::try_from(w.gather(&p.detach()).reshape([-1])).unwrap(), vec![1.0, -2.0, 3.5]);
+        assert!(w.any(true) && !w.any(false));
+        w.barrier();
     }
 
     #[test]

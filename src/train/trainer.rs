@@ -367,7 +367,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
     // Model tensors in name order: the same order on every worker.
     let model: Vec<(String, Tensor)> = checkpoint::model_tensors(&vs, "");
     let running_stats: Vec<Tensor> = model.iter().filter(|(_, t)| !t.requires_grad()).map(|(_, t)| t.shallow_clone()).collect();
-    if workers > 1 {
+    if !world.is_single() {
         world.broadcast_from_primary(&model.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>());
         learner.world = Some(world.clone());
         // Each worker's own sampler stream; rank 0 keeps the one a single process has.
@@ -456,7 +456,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         let mut window = Window::new();
         let mut diverged = None;
         for b in done..bpp {
-            if workers > 1 {
+            if !world.is_single() {
                 // DistributedDataParallel's default: rank 0's running statistics for everyone.
                 world.broadcast_from_primary(&running_stats);
             }
