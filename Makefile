@@ -1,8 +1,10 @@
 # The README's two commands. Each does all its own set-up.
 .PHONY: demo test setup fuzz-smoke setup-cuda build-cuda gpu-check-dry-run
 
+# libtorch, and the FID Inception network in weights/ (both idempotent, silent once done).
 setup:
 	@scripts/setup-libtorch.sh
+	@scripts/setup-inception.sh
 
 # The CUDA build (README, "GPU"), on any machine, no GPU needed: torch 2.11.0's CUDA 13 wheel
 # and its NVIDIA runtime wheels in libtorch-cuda/ (~3.5 GB download), a binary linked against

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-libtorch.sh
+scripts/setup-inception.sh
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-target}/release/sadajem"
 rm -rf runs/demo
