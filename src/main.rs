@@ -231,6 +231,16 @@ enum DataCommand {
         #[arg(long, default_value_t = 32)]
         size: usize,
     },
+    /// Fetch a dataset from its published address, check its published MD5 sums and unpack it
+    /// where `train` and `data info` read it. SADAJEM_DOWNLOAD_BASE=URL fetches the same file
+    /// names from URL instead (a mirror; the tests' loopback server).
+    Download {
+        /// cifar10, cifar100, svhn, mnist or fashion-mnist.
+        name: String,
+        /// The dataset directory to create (default: data/NAME, where the presets look).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -485,6 +495,16 @@ fn run(cli: Cli) -> Result<()> {
                 let set = data::load(&path, format, split, FolderOptions { channels, size })
                     .with_context(|| format!("reading the {split} split"))?;
                 println!("{split}: {}", stats::summary(&set));
+            }
+        }
+        Command::Data { command: DataCommand::Download { name, to } } => {
+            let d = data::download::find(&name)?;
+            let to = to.unwrap_or_else(|| d.default_dir());
+            match data::download::download(d, &to, &data::download::Source::from_env())? {
+                data::download::Outcome::AlreadyThere => println!("{}: already holds {name}; nothing downloaded", to.display()),
+                data::download::Outcome::Downloaded => {
+                    println!("{name} → {} (checked against the published MD5 sums; `sadajem data info {}` shows it)", to.display(), to.display())
+                }
             }
         }
         Command::Presets { name: None } => {

@@ -7,6 +7,8 @@
 #[cfg(feature = "torch")]
 pub mod augment;
 pub mod cifar;
+#[cfg(feature = "torch")]
+pub mod download;
 mod error;
 pub mod folder;
 pub mod idx;

@@ -75,6 +75,11 @@ fn worker_seed(seed: u64, rank: usize) -> u64 {
 /// Reads one split of the configured dataset.
 pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
     let d = &cfg.data;
+    if !d.dir.exists() {
+        if let Some(fetch) = data::download::fetch_command(&d.dir, d.format.parse().ok()) {
+            bail!("data.dir = {}: no such directory; `{fetch}` fetches it", d.dir.display());
+        }
+    }
     let format = match d.format.as_str() {
         "auto" => data::detect_format(&d.dir)?,
         f => f.parse()?,
