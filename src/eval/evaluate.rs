@@ -39,6 +39,8 @@ pub struct Evaluation<'a> {
     _vs: nn::VarStore,
     net: Wrn,
     checkpoint: PathBuf,
+    /// The training iteration the checkpoint holds (None for one without a training state).
+    iteration: Option<u64>,
     /// The checkpoint's replay buffer (joint recipes only), on the CPU.
     buffer: Option<Tensor>,
     run_root: PathBuf,
@@ -78,7 +80,7 @@ impl<'a> Evaluation<'a> {
         let vs = nn::VarStore::new(device);
         let mut net = Wrn::new(&vs.root(), &cfg.model, test.channels as i64, test.num_classes as i64);
         net.set_compute(&vs, cfg.train.precision, cfg.train.channels_last);
-        let (tensors, _): (_, Value) = checkpoint::load(checkpoint)?;
+        let (tensors, state): (_, Value) = checkpoint::load(checkpoint)?;
         checkpoint::load_model(&vs, &tensors, "model.", checkpoint)?;
         let buffer = tensors.get("sampler.buffer").map(|b| b.to_device(Device::Cpu));
         let out = run.root.join("eval");
@@ -89,6 +91,7 @@ impl<'a> Evaluation<'a> {
             _vs: vs,
             net,
             checkpoint: checkpoint.to_path_buf(),
+            iteration: state.get("iter").and_then(Value::as_u64),
             buffer,
             run_root: run.root.clone(),
             out,
@@ -117,6 +120,7 @@ impl<'a> Evaluation<'a> {
             };
             record["metric"] = json!(m);
             record["checkpoint"] = json!(self.checkpoint.display().to_string());
+            record["iteration"] = json!(self.iteration);
             record["dataset"] = json!({
                 "dir": self.cfg.data.dir.display().to_string(),
                 "split": "test",
@@ -125,6 +129,7 @@ impl<'a> Evaluation<'a> {
             record["seconds"] = json!(started.elapsed().as_secs_f64());
             let file = self.out.join(format!("{m}.json"));
             crate::train::checkpoint::write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
+            crate::report::tensorboard::write_eval(&self.run_root)?;
             let outcome = Outcome { metric: m.to_string(), summary, file };
             report(&outcome);
             done.push(outcome);

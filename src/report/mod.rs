@@ -1,5 +1,6 @@
-//! What a person looks at: sample grids, plots, and the HTML run report.
+//! What a person looks at: sample grids, plots, the HTML run report, TensorBoard event files.
 pub mod compare;
 pub mod grid;
 pub mod html;
 pub mod plots;
+pub mod tensorboard;

@@ -6,7 +6,7 @@ use crate::data::{self, augment, augment::Augment, loader, loader::BatchStream, 
 use crate::eval::{self, accuracy};
 use crate::model::Wrn;
 use crate::optim::{sam::Sam, schedule, Base};
-use crate::report::grid;
+use crate::report::{grid, tensorboard::Board};
 use crate::run::RunDir;
 use crate::sampler::{buffer::ReplayBuffer, init};
 use crate::train::checkpoint;
@@ -445,6 +445,8 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
             s.save_latest(run)?;
         }
     }
+    // RUN/tensorboard: rebuilt from the metrics and grids up to here, then appended to.
+    let mut board = if primary { Board::open(run, s.state.iter)? } else { Board::none() };
     let aug = Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise };
     let bpp = s.stream.batches_per_pass();
     let samples_dir = run.root.join("samples");
@@ -499,14 +501,18 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
                 rec.insert("epoch".into(), json!(epoch));
                 rec.insert("kind".into(), json!("train"));
                 bar.set_message(progress_message(&rec, lr));
-                run.log(&serde_json::Value::Object(rec))?;
+                let rec = serde_json::Value::Object(rec);
+                run.log(&rec)?;
+                board.log(&rec)?;
                 window = Window::new();
             }
             bar.inc(1);
             if let Some(chains) = s.chains.as_ref().filter(|_| primary) {
                 let every = cfg.train.sample_every;
                 if every > 0 && s.state.iter % every == 0 {
-                    save_buffer_grid(&chains.buffer, &samples_dir.join(format!("iter_{:07}.png", s.state.iter)))?;
+                    let png = samples_dir.join(format!("iter_{:07}.png", s.state.iter));
+                    save_buffer_grid(&chains.buffer, &png)?;
+                    board.grid(&png, s.state.iter)?;
                 }
             }
             let every = cfg.train.checkpoint_every;
@@ -518,6 +524,9 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         bar.finish_and_clear();
         if let Some(d) = diverged {
             rollback(&mut s, run, d)?;
+            if primary {
+                board = Board::open(run, s.state.iter)?;
+            }
             continue;
         }
 
@@ -545,7 +554,9 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
             s.state.best_epoch = Some(epoch + 1);
         }
         if let (true, Some(acc)) = (primary, valid_acc) {
-            run.log(&json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": acc}))?;
+            let rec = json!({"kind": "valid", "iter": s.state.iter, "epoch": epoch + 1, "valid_acc": acc});
+            run.log(&rec)?;
+            board.log(&rec)?;
         }
         // `best` first: killed in between, the resume redoes this epoch end and writes it again.
         if improved {
@@ -566,7 +577,9 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         return Ok(Summary { test_acc: f64::NAN, test_acc_best: None, best_valid_acc: None, train_seconds: s.state.train_seconds });
     }
     if let Some(chains) = &s.chains {
-        save_buffer_grid(&chains.buffer, &samples_dir.join("final.png"))?;
+        let png = samples_dir.join("final.png");
+        save_buffer_grid(&chains.buffer, &png)?;
+        board.grid(&png, s.state.iter)?;
     }
 
     let test_idx: Vec<usize> = (0..test_set.n).collect();
