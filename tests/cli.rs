@@ -142,6 +142,28 @@ fn a_run_without_a_validation_split_says_so_and_writes_no_nan() {
     assert!(e.status.success() && text(&e).contains("latest.safetensors"), "{}", text(&e));
 }
 
+/// Runs `sadajem args` and kills it (SIGKILL) once `run_dir/metrics.jsonl` has `lines` lines.
+fn train_until_killed(args: &[&str], run_dir: &Path, lines: usize) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sadajem"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let done = std::fs::read_to_string(run_dir.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if done >= lines {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run_dir.join("final.json").exists());
+}
+
 /// Trains into `dir/whole` uninterrupted and into `dir/killed` with a SIGKILL once `kill_at`
 /// metrics lines exist, then resumes the killed run and checks both logs agree bitwise.
 fn kill_and_resume_matches(dir: &Path, preset: &str, tiny: &[&str], settings: &[&str], kill_at: usize) {
@@ -150,24 +172,7 @@ fn kill_and_resume_matches(dir: &Path, preset: &str, tiny: &[&str], settings: &[
     assert!(o.status.success(), "{}", text(&o));
 
     let killed = dir.join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(train_args(preset, tiny, &killed, settings))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let done = std::fs::read_to_string(killed.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
-        if done >= kill_at {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!killed.join("final.json").exists());
+    train_until_killed(&train_args(preset, tiny, &killed, settings), &killed, kill_at);
 
     let o = sadajem(&["train", "--resume", killed.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
@@ -260,11 +265,12 @@ fn presets_are_listed_and_printed() {
     assert!(text(&o).contains("[model]"));
 }
 
-/// The FID network from ../shared (or SADAJEM_INCEPTION), when this machine has it.
+/// The FID network: SADAJEM_INCEPTION, else the one `make setup` puts in weights/, else
+/// ../shared's, when this machine has one.
 fn inception_file() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("SADAJEM_INCEPTION").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/weights/inception-2015-12-05-fid.torchscript.pt")
-    });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let known = [root.join(INSTALLED_INCEPTION), root.join("../shared/weights/inception-2015-12-05-fid.torchscript.pt")];
+    let p = std::env::var_os("SADAJEM_INCEPTION").map(std::path::PathBuf::from).or_else(|| known.into_iter().find(|p| p.exists()))?;
     p.exists().then_some(p)
 }
 
@@ -528,4 +534,182 @@ fn bench_refuses_zero_repetitions_and_unknown_settings() {
     assert!(!o.status.success() && text(&o).contains("--iters"), "{}", text(&o));
     let o = sadajem(&["bench", "--preset", "sadajem-fashion", "--set", "train.precision=fp8", "--allow-busy"]);
     assert!(!o.status.success() && text(&o).contains("train.precision"), "{}", text(&o));
+}
+
+/// Where scripts/setup-inception.sh puts the FID network, relative to the repository.
+const INSTALLED_INCEPTION: &str = "weights/inception-2015-12-05-fid.torchscript.pt";
+
+/// Runs the set-up step for the FID network (idempotent, silent once done) and returns the file
+/// it leaves, or None with the reason printed where it could not download it.
+fn installed_inception() -> Option<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(root.join("scripts/setup-inception.sh")).output().expect("the set-up script runs");
+    assert!(o.status.success(), "{}", text(&o));
+    let file = root.join(INSTALLED_INCEPTION);
+    if !file.exists() {
+        eprintln!("FID part skipped: scripts/setup-inception.sh could not install the network: {}", text(&o));
+    }
+    file.exists().then_some(file)
+}
+
+/// What TensorBoard's own reader (tests/read_tensorboard.py, in a venv it makes on first use)
+/// finds in `dir`; None, with the reason printed, where it cannot be set up.
+fn tensorboard_read(dir: &Path) -> Option<serde_json::Value> {
+    let o = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_tensorboard.py"))
+        .arg(dir)
+        .output()
+        .expect("python3 runs");
+    if o.status.code() == Some(77) {
+        eprintln!("TensorBoard reader part skipped: {}", String::from_utf8_lossy(&o.stderr).trim());
+        return None;
+    }
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    Some(serde_json::from_str(out.lines().last().expect("a JSON line")).unwrap())
+}
+
+/// (tag, step) of every value in the event files of `dir` (not its sub-directories), read with
+/// the crate's own reader (which checks every record's framing and CRCs).
+fn tensorboard_events(dir: &Path) -> Vec<(String, i64)> {
+    use sadajem::report::tensorboard::{read_events, What};
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        assert!(path.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."), "{}", path.display());
+        for e in read_events(&path).unwrap() {
+            if let Some(What::Summary(s)) = e.what {
+                out.extend(s.value.into_iter().map(|v| (v.tag, e.step)));
+            }
+        }
+    }
+    out
+}
+
+/// The steps of `tag` in `events`, in order.
+fn steps_of(events: &[(String, i64)], tag: &str) -> Vec<i64> {
+    events.iter().filter(|(t, _)| t == tag).map(|(_, s)| *s).collect()
+}
+
+/// The iterations of a run's metrics lines of `kind`.
+fn metric_iters(run_dir: &Path, kind: &str) -> Vec<i64> {
+    metrics(run_dir).iter().filter(|r| r["kind"] == kind).map(|r| r["iter"].as_i64().unwrap()).collect()
+}
+
+/// The iterations of the grids in `samples/`.
+fn grid_iters(run_dir: &Path) -> Vec<i64> {
+    let mut v: Vec<i64> = std::fs::read_dir(run_dir.join("samples"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_prefix("iter_")?.strip_suffix(".png")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_sadajem_run_shows_in_tensorboard_and_eval_scores_fid_with_the_installed_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = train_jem(&run, &["--set", "train.epochs=1", "--set", "train.sample_every=10", "--set", "train.log_every=5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tb = run.join("tensorboard");
+    let train_iters = metric_iters(&run, "train");
+    assert_eq!(train_iters, [5, 10, 15, 20, 25, 30, 31]);
+    let events = tensorboard_events(&tb);
+    for key in ["loss", "ce", "l_px", "lse_data", "lse_sample", "acc", "lr", "img_per_s"] {
+        assert_eq!(steps_of(&events, &format!("train/{key}")), train_iters, "train/{key}");
+    }
+    assert_eq!(steps_of(&events, "valid/valid_acc"), [31]);
+    assert_eq!(steps_of(&events, "samples/buffer"), [10, 20, 30]);
+    assert_eq!(steps_of(&events, "samples/final"), [31]);
+
+    // TensorBoard itself reads the same curves, values and PNGs.
+    if let Some(read) = tensorboard_read(&tb) {
+        let m = metrics(&run);
+        for key in ["loss", "lse_data", "lse_sample", "acc"] {
+            let curve = read["scalars"][format!("train/{key}")].as_array().unwrap_or_else(|| panic!("no train/{key}: {read}"));
+            let want: Vec<(i64, f64)> = m.iter().filter(|r| r["kind"] == "train").map(|r| (r["iter"].as_i64().unwrap(), r[key].as_f64().unwrap())).collect();
+            assert_eq!(curve.len(), want.len(), "train/{key}");
+            for (point, (step, v)) in curve.iter().zip(want) {
+                assert_eq!(point[0].as_i64().unwrap(), step);
+                assert!((point[1].as_f64().unwrap() - v).abs() <= 1e-6 * v.abs().max(1.0), "train/{key} at {step}: {point} vs {v}");
+            }
+        }
+        assert_eq!(read["scalars"]["valid/valid_acc"][0][1].as_f64().unwrap() as f32, metrics(&run).last().unwrap()["valid_acc"].as_f64().unwrap() as f32);
+        let grids = read["images"]["samples/buffer"].as_array().unwrap();
+        assert_eq!(grids.len(), 3);
+        let png = std::fs::metadata(run.join("samples/iter_0000010.png")).unwrap().len();
+        assert_eq!((grids[0][0].as_i64(), grids[0][1].as_i64(), grids[0][3].as_u64(), grids[0][4].as_bool()), (Some(10), Some(8 * 30 + 2), Some(png), Some(true)));
+        assert_eq!(read["images"]["samples/final"][0][0], 31);
+    }
+
+    let Some(network) = installed_inception() else { return };
+    use sha1::Digest;
+    let sum: String = sha1::Sha1::digest(std::fs::read(&network).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sum, "a16e4d89c0ecbc17a915dd76ea9e41211aa82562", "the published SHA-1 of the FID network");
+    // No network named: eval finds it in weights/ (not ../shared/weights, which it tries next).
+    let cache = format!("eval.cache_dir=\"{}\"", dir.path().join("cache").display());
+    let o = Command::new(env!("CARGO_BIN_EXE_sadajem"))
+        .args(["eval", "--run-dir", run.to_str().unwrap(), "--only", "fid", "--checkpoint", "latest"])
+        .args(["--set", "eval.gen_steps=3", "--set", "eval.fid_n=20", "--set", "eval.fid_buffer_n=40"])
+        .args(["--set", "eval.fid_reference=\"test\"", "--set", "eval.fid_reference_n=60"])
+        .args(["--set", "eval.kid_subsets=4", "--set", "eval.kid_subset_size=10", "--set", &cache])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("SADAJEM_INCEPTION")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let fid: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval/fid.json")).unwrap()).unwrap();
+    assert_eq!(fid["network"]["file"], INSTALLED_INCEPTION, "{fid}");
+    assert_eq!(fid["iteration"], 31, "the checkpoint's iteration: {fid}");
+    for protocol in ["buffer", "fresh"] {
+        let p = &fid["protocols"][protocol];
+        assert!(p["fid"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0) && p["kid"].as_f64().is_some_and(f64::is_finite), "{protocol}: {fid}");
+    }
+    let events = tensorboard_events(&tb.join("eval"));
+    for protocol in ["buffer", "fresh"] {
+        assert_eq!(steps_of(&events, &format!("eval/fid/protocols/{protocol}/fid")), [31]);
+        assert_eq!(steps_of(&events, &format!("eval/fid/protocols/{protocol}/kid")), [31]);
+    }
+    if let Some(read) = tensorboard_read(&tb.join("eval")) {
+        let v = read["scalars"]["eval/fid/protocols/fresh/fid"][0][1].as_f64().unwrap();
+        assert!((v - fid["protocols"]["fresh"]["fid"].as_f64().unwrap()).abs() < 1e-3 * v, "{read}");
+    }
+}
+
+#[test]
+fn a_killed_and_resumed_run_has_each_tensorboard_step_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let settings = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=5", "--set", "train.log_every=1", "--set", "train.sample_every=4"];
+    // Killed after the checkpoint at iteration 15, with some iterations logged after it.
+    train_until_killed(&train_args("sadajem-fashion", TINY_JEM, &run, &settings), &run, 18);
+    let tb = run.join("tensorboard");
+    let before = tensorboard_events(&tb);
+    assert!(steps_of(&before, "train/loss").last().is_some_and(|&s| s >= 18), "the killed run logged past its checkpoint");
+
+    let o = sadajem(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let events = tensorboard_events(&tb);
+    let mut seen = std::collections::HashSet::new();
+    for e in &events {
+        assert!(seen.insert(e.clone()), "{e:?} is in the event files twice");
+    }
+    let train_iters = metric_iters(&run, "train");
+    assert_eq!(train_iters, (1..=62).collect::<Vec<_>>(), "the resumed run's log reads as one run");
+    for key in ["loss", "lse_data", "lse_sample", "acc", "lr"] {
+        assert_eq!(steps_of(&events, &format!("train/{key}")), train_iters, "train/{key}");
+    }
+    assert_eq!(steps_of(&events, "valid/valid_acc"), metric_iters(&run, "valid"));
+    assert_eq!(steps_of(&events, "samples/buffer"), grid_iters(&run));
+    assert_eq!(grid_iters(&run), (4..=62).step_by(4).collect::<Vec<_>>());
+    if let Some(read) = tensorboard_read(&tb) {
+        let steps = |tag: &str| -> Vec<i64> { read["scalars"][tag].as_array().unwrap().iter().map(|p| p[0].as_i64().unwrap()).collect() };
+        assert_eq!(steps("train/loss"), train_iters, "TensorBoard's reader: each step once");
+        let grids: Vec<i64> = read["images"]["samples/buffer"].as_array().unwrap().iter().map(|p| p[0].as_i64().unwrap()).collect();
+        assert_eq!(grids, grid_iters(&run));
+    }
 }
