@@ -7,11 +7,13 @@
 //! - [`engine`]: device, threads, seeding, bf16 autocast, channels_last: the only place that
 //!   sets libtorch globals.
 //! - [`shim`]: the Rust side of `csrc/shim.cpp` (what tch lacks, e.g. LeakyReLU's slope).
-//! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; augmentation; loaders.
+//! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; augmentation; loaders;
+//!   `sadajem data download` ([`data::download`]: the published datasets, checksummed).
 //! - [`model`]: the Wide-ResNet ([`model::wrn`]) and its energy view ([`model::energy`]).
 //! - [`sampler`]: SGLD — starting points ([`sampler::init`]), the replay buffer
 //!   ([`sampler::buffer`]), the JEM / SADA-JEM / JEM++ step rules ([`sampler::sgld`]).
-//! - [`report`]: sample grids and plots (PNG).
+//! - [`report`]: sample grids and plots (PNG), the HTML report, TensorBoard event files
+//!   ([`report::tensorboard`]).
 //! - [`optim`]: SGD with momentum and coupled weight decay; the learning-rate schedule.
 //! - [`train`]: one iteration per recipe ([`train::recipe`]), the loop ([`train::trainer`]),
 //!   atomic checkpoints ([`train::checkpoint`]).

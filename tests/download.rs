@@ -241,4 +241,6 @@ fn a_wrong_checksum_a_truncated_transfer_and_a_server_error_each_say_so_and_leav
     let (ok, out) = cli_download(&format!("{base}/ok"), "cifar10", &other);
     assert!(!ok && out.contains("does not hold cifar10"), "{out}");
     assert_eq!(listing(&other), ["notes.txt"]);
+    let (ok, out) = cli_download(&format!("{base}/ok"), "cifar10", &other.join("notes.txt"));
+    assert!(!ok && out.contains("is not a directory"), "{out}");
 }

@@ -217,6 +217,9 @@ pub fn download(d: &Dataset, to: &Path, source: &Source) -> Result<Outcome> {
     if d.is_in(to) {
         return Ok(Outcome::AlreadyThere);
     }
+    if to.exists() && !to.is_dir() {
+        bail!("{}: exists and is not a directory; choose another --to", to.display());
+    }
     if fs::read_dir(to).is_ok_and(|mut entries| entries.next().is_some()) {
         bail!("{}: exists and does not hold {} (expected {}); remove it or choose another --to", to.display(), d.name, d.outputs().join(", "));
     }
