@@ -227,6 +227,7 @@ fn sadajem_training_logs_the_energy_terms_and_writes_sample_grids() {
     }
     let expected = line["ce"].as_f64().unwrap() + line["l_px"].as_f64().unwrap();
     assert!((line["loss"].as_f64().unwrap() - expected).abs() < 1e-4);
+    tensorboard_shows_the_run(&run);
 }
 
 #[test]
@@ -284,7 +285,9 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     assert!(o.status.success(), "{}", text(&o));
     let cache = dir.path().join("cache");
     let cache_set = format!("eval.cache_dir=\"{}\"", cache.display());
-    let inception = inception_file();
+    // The network `make setup` installs must be found in weights/ without being named.
+    let installed = std::env::var_os("SADAJEM_INCEPTION").is_none().then(installed_inception).flatten();
+    let inception = installed.clone().or_else(inception_file);
     let inception_set = format!("eval.inception=\"{}\"", inception.as_ref().map_or(String::new(), |p| p.display().to_string()));
     let mut args = vec![
         "eval", "--run-dir", run.to_str().unwrap(), "--checkpoint", "latest",
@@ -300,10 +303,10 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
         "--set", "eval.kid_subsets=4", "--set", "eval.kid_subset_size=10",
         "--set", &cache_set,
     ];
-    if inception.is_some() {
+    if inception.is_some() && installed.is_none() {
         args.extend(["--set", &inception_set]);
-    } else {
-        eprintln!("FID part skipped: no Inception network at ../shared/weights (set SADAJEM_INCEPTION)");
+    } else if inception.is_none() {
+        eprintln!("FID part skipped: no Inception network in weights/ or ../shared/weights (set SADAJEM_INCEPTION)");
     }
     let o = sadajem(&args);
     let out = text(&o);
@@ -339,6 +342,10 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     assert_eq!(per_class.height(), 10 * 30 + 2);
     if inception.is_some() {
         let fid = read("fid");
+        if installed.is_some() {
+            // weights/, not ../shared/weights (which the lookup tries next).
+            assert_eq!(fid["network"]["file"], INSTALLED_INCEPTION, "{fid}");
+        }
         for protocol in ["buffer", "fresh"] {
             let p = &fid["protocols"][protocol];
             assert!(p["fid"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{protocol}: {fid}");
@@ -350,6 +357,18 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
         assert!(std::fs::read_dir(&cache).unwrap().count() == 1, "one cached reference");
     } else {
         assert!(out.contains("skipping fid"), "{out}");
+    }
+
+    // Every result at the evaluated checkpoint's iteration (1 epoch of 31), in TensorBoard.
+    assert_eq!(acc["iteration"], 31);
+    let events = tensorboard_events(&run.join("tensorboard/eval"));
+    for tag in ["eval/accuracy/accuracy", "eval/calibration/ece", "eval/ood/sets/mnist/scores/log_px/auroc"] {
+        assert_eq!(steps_of(&events, tag), [31], "{tag}");
+    }
+    if inception.is_some() {
+        for protocol in ["buffer", "fresh"] {
+            assert_eq!(steps_of(&events, &format!("eval/fid/protocols/{protocol}/fid")), [31]);
+        }
     }
 
     let o = sadajem(&["report", "--run-dir", run.to_str().unwrap()]);
@@ -547,9 +566,13 @@ fn installed_inception() -> Option<std::path::PathBuf> {
     assert!(o.status.success(), "{}", text(&o));
     let file = root.join(INSTALLED_INCEPTION);
     if !file.exists() {
-        eprintln!("FID part skipped: scripts/setup-inception.sh could not install the network: {}", text(&o));
+        eprintln!("scripts/setup-inception.sh could not install the FID network: {}", text(&o));
+        return None;
     }
-    file.exists().then_some(file)
+    use sha1::Digest;
+    let sum: String = sha1::Sha1::digest(std::fs::read(&file).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sum, "a16e4d89c0ecbc17a915dd76ea9e41211aa82562", "the published SHA-1 of the FID network");
+    Some(file)
 }
 
 /// What TensorBoard's own reader (tests/read_tensorboard.py, in a venv it makes on first use)
@@ -609,14 +632,11 @@ fn grid_iters(run_dir: &Path) -> Vec<i64> {
     v
 }
 
-#[test]
-fn a_sadajem_run_shows_in_tensorboard_and_eval_scores_fid_with_the_installed_network() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let o = train_jem(&run, &["--set", "train.epochs=1", "--set", "train.sample_every=10", "--set", "train.log_every=5"]);
-    assert!(o.status.success(), "{}", text(&o));
+/// The curves and grids of the run `sadajem_training_logs_…` trains (1 epoch of 31 iterations,
+/// logged every 5, grids every 10), as the crate's reader and TensorBoard's own read them.
+fn tensorboard_shows_the_run(run: &Path) {
     let tb = run.join("tensorboard");
-    let train_iters = metric_iters(&run, "train");
+    let train_iters = metric_iters(run, "train");
     assert_eq!(train_iters, [5, 10, 15, 20, 25, 30, 31]);
     let events = tensorboard_events(&tb);
     for key in ["loss", "ce", "l_px", "lse_data", "lse_sample", "acc", "lr", "img_per_s"] {
@@ -626,58 +646,24 @@ fn a_sadajem_run_shows_in_tensorboard_and_eval_scores_fid_with_the_installed_net
     assert_eq!(steps_of(&events, "samples/buffer"), [10, 20, 30]);
     assert_eq!(steps_of(&events, "samples/final"), [31]);
 
-    // TensorBoard itself reads the same curves, values and PNGs.
-    if let Some(read) = tensorboard_read(&tb) {
-        let m = metrics(&run);
-        for key in ["loss", "lse_data", "lse_sample", "acc"] {
-            let curve = read["scalars"][format!("train/{key}")].as_array().unwrap_or_else(|| panic!("no train/{key}: {read}"));
-            let want: Vec<(i64, f64)> = m.iter().filter(|r| r["kind"] == "train").map(|r| (r["iter"].as_i64().unwrap(), r[key].as_f64().unwrap())).collect();
-            assert_eq!(curve.len(), want.len(), "train/{key}");
-            for (point, (step, v)) in curve.iter().zip(want) {
-                assert_eq!(point[0].as_i64().unwrap(), step);
-                assert!((point[1].as_f64().unwrap() - v).abs() <= 1e-6 * v.abs().max(1.0), "train/{key} at {step}: {point} vs {v}");
-            }
+    let Some(read) = tensorboard_read(&tb) else { return };
+    let m = metrics(run);
+    for key in ["loss", "lse_data", "lse_sample", "acc"] {
+        let curve = read["scalars"][format!("train/{key}")].as_array().unwrap_or_else(|| panic!("no train/{key}: {read}"));
+        let want: Vec<(i64, f64)> = m.iter().filter(|r| r["kind"] == "train").map(|r| (r["iter"].as_i64().unwrap(), r[key].as_f64().unwrap())).collect();
+        assert_eq!(curve.len(), want.len(), "train/{key}");
+        for (point, (step, v)) in curve.iter().zip(want) {
+            assert_eq!(point[0].as_i64().unwrap(), step);
+            assert!((point[1].as_f64().unwrap() - v).abs() <= 1e-6 * v.abs().max(1.0), "train/{key} at {step}: {point} vs {v}");
         }
-        assert_eq!(read["scalars"]["valid/valid_acc"][0][1].as_f64().unwrap() as f32, metrics(&run).last().unwrap()["valid_acc"].as_f64().unwrap() as f32);
-        let grids = read["images"]["samples/buffer"].as_array().unwrap();
-        assert_eq!(grids.len(), 3);
-        let png = std::fs::metadata(run.join("samples/iter_0000010.png")).unwrap().len();
-        assert_eq!((grids[0][0].as_i64(), grids[0][1].as_i64(), grids[0][3].as_u64(), grids[0][4].as_bool()), (Some(10), Some(8 * 30 + 2), Some(png), Some(true)));
-        assert_eq!(read["images"]["samples/final"][0][0], 31);
     }
-
-    let Some(network) = installed_inception() else { return };
-    use sha1::Digest;
-    let sum: String = sha1::Sha1::digest(std::fs::read(&network).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(sum, "a16e4d89c0ecbc17a915dd76ea9e41211aa82562", "the published SHA-1 of the FID network");
-    // No network named: eval finds it in weights/ (not ../shared/weights, which it tries next).
-    let cache = format!("eval.cache_dir=\"{}\"", dir.path().join("cache").display());
-    let o = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(["eval", "--run-dir", run.to_str().unwrap(), "--only", "fid", "--checkpoint", "latest"])
-        .args(["--set", "eval.gen_steps=3", "--set", "eval.fid_n=20", "--set", "eval.fid_buffer_n=40"])
-        .args(["--set", "eval.fid_reference=\"test\"", "--set", "eval.fid_reference_n=60"])
-        .args(["--set", "eval.kid_subsets=4", "--set", "eval.kid_subset_size=10", "--set", &cache])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("SADAJEM_INCEPTION")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let fid: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval/fid.json")).unwrap()).unwrap();
-    assert_eq!(fid["network"]["file"], INSTALLED_INCEPTION, "{fid}");
-    assert_eq!(fid["iteration"], 31, "the checkpoint's iteration: {fid}");
-    for protocol in ["buffer", "fresh"] {
-        let p = &fid["protocols"][protocol];
-        assert!(p["fid"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0) && p["kid"].as_f64().is_some_and(f64::is_finite), "{protocol}: {fid}");
-    }
-    let events = tensorboard_events(&tb.join("eval"));
-    for protocol in ["buffer", "fresh"] {
-        assert_eq!(steps_of(&events, &format!("eval/fid/protocols/{protocol}/fid")), [31]);
-        assert_eq!(steps_of(&events, &format!("eval/fid/protocols/{protocol}/kid")), [31]);
-    }
-    if let Some(read) = tensorboard_read(&tb.join("eval")) {
-        let v = read["scalars"]["eval/fid/protocols/fresh/fid"][0][1].as_f64().unwrap();
-        assert!((v - fid["protocols"]["fresh"]["fid"].as_f64().unwrap()).abs() < 1e-3 * v, "{read}");
-    }
+    let valid = m.iter().find(|r| r["kind"] == "valid").unwrap()["valid_acc"].as_f64().unwrap();
+    assert_eq!(read["scalars"]["valid/valid_acc"][0][1].as_f64().unwrap() as f32, valid as f32);
+    let grids = read["images"]["samples/buffer"].as_array().unwrap();
+    assert_eq!(grids.len(), 3);
+    let png = std::fs::metadata(run.join("samples/iter_0000010.png")).unwrap().len();
+    assert_eq!((grids[0][0].as_i64(), grids[0][1].as_i64(), grids[0][3].as_u64(), grids[0][4].as_bool()), (Some(10), Some(8 * 30 + 2), Some(png), Some(true)));
+    assert_eq!(read["images"]["samples/final"][0][0], 31);
 }
 
 #[test]
