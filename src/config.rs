@@ -422,6 +422,9 @@ pub struct EvalConfig {
     /// `pt_inception-2015-12-05-6726825d.pth` (which adds the Inception Score). Empty: the
     /// `SADAJEM_INCEPTION` environment variable, then `weights/`, then `../shared/weights/`.
     pub inception: PathBuf,
+    /// The Inception network's arithmetic: `fp32` (the standard) or `bf16` (bf16 convolutions
+    /// on channels_last inputs), or `auto` (bf16 where the hardware has it natively).
+    pub fid_precision: Precision,
     /// `buffer` (the reference's: replay buffer, the most confident 90 % / 10 % per predicted
     /// class for FID / IS) and/or `fresh` (unfiltered fresh chains).
     pub fid_protocols: Vec<String>,
@@ -473,6 +476,7 @@ impl Default for EvalConfig {
             gen_n: 100,
             gen_per_class: 10,
             inception: PathBuf::new(),
+            fid_precision: Precision::Fp32,
             fid_protocols: vec!["buffer".into(), "fresh".into()],
             fid_n: 10_000,
             fid_buffer_n: 0,

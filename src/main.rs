@@ -166,6 +166,9 @@ enum Command {
         kid_subset_size: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The Inception network's arithmetic: fp32 (the standard), bf16 or auto.
+        #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+        precision: sadajem::config::Precision,
         /// Image folders only: channels and square size.
         #[arg(long, default_value_t = 3)]
         channels: usize,
@@ -429,7 +432,7 @@ fn run(cli: Cli) -> Result<()> {
             let (file, about) = interop::export(&opts)?;
             println!("{} ({format}, {layout} layout) and {}", file.display(), about.display());
         }
-        Command::Fid { images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, channels, size } => {
+        Command::Fid { images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, precision, channels, size } => {
             let threads = engine::init(cli.threads.unwrap_or(0));
             let (images, reference): (ImageSpec, ImageSpec) = (images.parse()?, reference.parse()?);
             if matches!(reference, ImageSpec::Noise { .. }) {
@@ -439,7 +442,7 @@ fn run(cli: Cli) -> Result<()> {
             let cache = feature_stats::cache_dir(&cache_dir.unwrap_or_default())?;
             println!("FID with {} ({threads} thread(s)); dataset statistics cached in {}", network.display(), cache.display());
             let opts = FolderOptions { channels, size };
-            let r = feature_stats::compare_specs(&images, &reference, &network, &cache, opts, (kid_subsets, kid_subset_size), seed)?;
+            let r = feature_stats::compare_specs(&images, &reference, &network, precision, &cache, opts, (kid_subsets, kid_subset_size), seed)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Report { run_dir } => {
@@ -520,6 +523,15 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_precision(s: &str) -> Result<sadajem::config::Precision, String> {
+    match s {
+        "fp32" => Ok(sadajem::config::Precision::Fp32),
+        "bf16" => Ok(sadajem::config::Precision::Bf16),
+        "auto" => Ok(sadajem::config::Precision::Auto),
+        _ => Err(format!("`{s}`: expected fp32, bf16 or auto")),
+    }
 }
 
 /// The summary rows as an aligned two-column table.

@@ -504,7 +504,7 @@ impl<'a> Evaluation<'a> {
     fn fid(&self) -> Result<(Value, String)> {
         let e = &self.cfg.eval;
         let path = self.inception_path()?;
-        let net = inception::Inception::load(&path, self.device)?;
+        let net = inception::Inception::load(&path, self.device, e.fid_precision)?;
         let reference_sets = self.reference_sets()?;
         let refs: Vec<&ImageSet> = reference_sets.iter().collect();
         let total: usize = refs.iter().map(|s| s.n).sum();
@@ -583,7 +583,7 @@ impl<'a> Evaluation<'a> {
         let record = json!({
             "protocols": protocols,
             "reference": reference_about,
-            "network": {"file": path.display().to_string(), "source": format!("{:?}", net.source()), "inception_score": net.has_logits()},
+            "network": {"file": path.display().to_string(), "source": format!("{:?}", net.source()), "inception_score": net.has_logits(), "precision": format!("{:?}", net.precision()).to_lowercase()},
             "protocol": "FID = ||mu1-mu2||^2 + tr S1 + tr S2 - 2 tr (S1 S2)^1/2 on 2048-d pool3 features; KID = unbiased MMD^2, cubic kernel, mean over subsets; IS = exp E KL(p(y|x) || p(y)) over is_splits splits (eval.is_splits = 0: the reference's max(1, n / 5000)) of softmax(pool3 W) without the classifier's bias unless eval.is_bias (only with pytorch-fid's weights, which have the classifier)",
             "settings": {
                 "fid_protocols": e.fid_protocols, "fid_n": e.fid_n, "fid_buffer_n": e.fid_buffer_n, "fid_reference": e.fid_reference, "fid_reference_n": e.fid_reference_n,

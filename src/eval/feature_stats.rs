@@ -116,7 +116,12 @@ pub fn dataset_stats(net: &Inception, network: &Path, sets: &[&ImageSet], n: usi
     // FNV-1a over the settings and every pixel used: a changed file or setting is a new entry.
     let mut hash = Fnv::new();
     let name = network.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned());
-    hash.add(format!("{name}|{n}|{kid_subset_size}|").as_bytes());
+    // bf16 features differ from fp32 ones: their statistics are another entry.
+    let precision = match net.precision() {
+        crate::config::Precision::Bf16 => "|bf16",
+        _ => "",
+    };
+    hash.add(format!("{name}{precision}|{n}|{kid_subset_size}|").as_bytes());
     let mut left = n;
     for s in sets {
         let take = left.min(s.n);
@@ -140,7 +145,7 @@ pub fn dataset_stats(net: &Inception, network: &Path, sets: &[&ImageSet], n: usi
         ("cov".to_string(), stats.cov.shallow_clone()),
         ("kid_features".to_string(), stats.kid_features.shallow_clone()),
     ];
-    checkpoint::save(&file, &tensors, &json!({"network": name, "n": n, "what": what}))?;
+    checkpoint::save(&file, &tensors, &json!({"network": name, "precision": format!("{:?}", net.precision()), "n": n, "what": what}))?;
     Ok((stats, file))
 }
 
@@ -208,8 +213,17 @@ impl std::str::FromStr for ImageSpec {
 }
 
 /// FID and KID of `images` against `reference` (a dataset), each dataset's statistics cached.
-pub fn compare_specs(images: &ImageSpec, reference: &ImageSpec, network: &Path, cache: &Path, opts: crate::data::FolderOptions, kid: (usize, usize), seed: u64) -> Result<Value> {
-    let net = Inception::load(network, Device::Cpu)?;
+pub fn compare_specs(
+    images: &ImageSpec,
+    reference: &ImageSpec,
+    network: &Path,
+    precision: crate::config::Precision,
+    cache: &Path,
+    opts: crate::data::FolderOptions,
+    kid: (usize, usize),
+    seed: u64,
+) -> Result<Value> {
+    let net = Inception::load(network, Device::Cpu, precision)?;
     tch::manual_seed(seed as i64);
     let stats_of = |spec: &ImageSpec, shape: Option<[i64; 3]>, what: &str| -> Result<(Stats, [i64; 3])> {
         match spec {

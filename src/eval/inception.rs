@@ -12,6 +12,7 @@
 //! Inputs are our images in [−1, 1] (u8/255·2−1), any size, 1 or 3 channels: grey is repeated
 //! to RGB, every image is resized bilinearly to 299×299 (align_corners = false, as pytorch-fid
 //! does), then scaled the way its file's network expects.
+use crate::config::Precision;
 use crate::pickle::{self, FileKind};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashSet;
@@ -45,6 +46,8 @@ pub struct Features {
 pub struct Inception {
     net: Net,
     device: Device,
+    /// fp32, or bf16 with channels_last inputs (never `auto`, resolved at load).
+    precision: Precision,
     /// The file, for error messages.
     origin: String,
 }
@@ -57,7 +60,8 @@ enum Net {
 impl Inception {
     /// Loads either file onto `device`, telling them apart by their contents. An error names the
     /// file and says what was expected.
-    pub fn load(path: &Path, device: Device) -> Result<Inception> {
+    pub fn load(path: &Path, device: Device, precision: Precision) -> Result<Inception> {
+        let precision = crate::engine::resolve_precision(precision, device);
         let origin = path.display().to_string();
         let expected = "expected the TorchScript FID Inception (inception-2015-12-05-fid.torchscript.pt) \
                         or pytorch-fid's weights (pt_inception-2015-12-05-6726825d.pth)";
@@ -76,7 +80,12 @@ impl Inception {
                 Net::Fid(Box::new(net))
             }
         };
-        Ok(Inception { net, device, origin })
+        Ok(Inception { net, device, precision, origin })
+    }
+
+    /// The arithmetic the forward runs in (`eval.fid_precision`, resolved).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn source(&self) -> Source {
@@ -115,11 +124,18 @@ impl Inception {
             "the Inception network takes images [N, C, H, W] with C = 1 or 3, got a tensor of size {size:?}"
         );
         let input = resize(x.to_device(self.device));
+        let bf16 = self.precision == Precision::Bf16;
         let (pool, logits) = tch::no_grad(|| -> Result<_> {
             Ok(match &self.net {
                 Net::Script(module) => {
+                    // The exported network casts each conv weight to its input's dtype
+                    // (`torch.to(weight, ops.prim.dtype(x))`): a bf16 input runs its convs in
+                    // bf16, batch norm keeping fp32 statistics. channels_last lets oneDNN pick
+                    // its blocked kernels without a reorder per layer.
+                    let scaled = tf_scale(&input);
+                    let scaled = if bf16 { crate::shim::channels_last(&scaled.to_kind(Kind::BFloat16)) } else { scaled };
                     let pool = module
-                        .forward_ts(&[tf_scale(&input)])
+                        .forward_ts(&[scaled])
                         .with_context(|| format!("running the TorchScript Inception {}", self.origin))?;
                     if pool.size() != [size[0], FEATURE_DIM] {
                         let (got, n) = (pool.size(), size[0]);
@@ -129,8 +145,12 @@ impl Inception {
                 }
                 // pytorch-fid scales its [0, 1] input by 2x − 1, i.e. (u8 − 127.5)/127.5: ours.
                 Net::Fid(net) => {
-                    let (pool, logits) = net.forward(&input);
-                    (pool, Some(logits))
+                    let (pool, logits) = if bf16 {
+                        crate::engine::autocast_bf16(self.device, || net.forward(&crate::shim::channels_last(&input)))
+                    } else {
+                        net.forward(&input)
+                    };
+                    (pool.to_kind(Kind::Float), Some(logits.to_kind(Kind::Float)))
                 }
             })
         })?;
@@ -690,7 +710,7 @@ mod tests {
     #[test]
     fn grey_images_of_any_size_give_the_features_of_their_rgb_copies() {
         let Some(path) = torchscript() else { return };
-        let inception = Inception::load(&path, Device::Cpu).unwrap();
+        let inception = Inception::load(&path, Device::Cpu, Precision::Fp32).unwrap();
         assert_eq!(inception.source(), Source::TorchScript);
         assert!(!inception.has_logits());
         let grey = fashion(2);
@@ -712,7 +732,7 @@ mod tests {
     #[test]
     fn pytorch_fid_weights_load_when_present() {
         let Some(pth) = weights("SADAJEM_FID_WEIGHTS", "pt_inception-2015-12-05-6726825d.pth") else { return };
-        let inception = Inception::load(&pth, Device::Cpu).unwrap();
+        let inception = Inception::load(&pth, Device::Cpu, Precision::Fp32).unwrap();
         assert_eq!(inception.source(), Source::PytorchFid);
         assert!(inception.has_logits());
         let f = inception.features(&fashion(2)).unwrap();
@@ -771,10 +791,10 @@ mod tests {
     #[test]
     fn other_files_are_refused_naming_the_file_and_what_was_expected() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let err = format!("{:#}", Inception::load(&root.join("README.md"), Device::Cpu).err().unwrap());
+        let err = format!("{:#}", Inception::load(&root.join("README.md"), Device::Cpu, Precision::Fp32).err().unwrap());
         assert!(err.contains("README.md") && err.contains("pt_inception-2015-12-05-6726825d.pth"), "{err}");
         let checkpoint = root.join("tests/fixtures/pickle/checkpoint.pt");
-        let err = format!("{:#}", Inception::load(&checkpoint, Device::Cpu).err().unwrap());
+        let err = format!("{:#}", Inception::load(&checkpoint, Device::Cpu, Precision::Fp32).err().unwrap());
         assert!(err.contains("checkpoint.pt is not pytorch-fid's Inception state dict"), "{err}");
         assert!(err.contains("472 of 472 parameters missing") && err.contains("unknown names"), "{err}");
     }
