@@ -230,6 +230,38 @@ impl RunDir {
     }
 }
 
+/// Reads a file that someone other than the user may have put there (a run directory shared
+/// or downloaded, the JSON beside a downloaded checkpoint): only a regular file — a FIFO would
+/// block, `/dev/zero` never end — of at most `max` bytes, and, unless `follow_links`, not
+/// through a symbolic link (as its last component; callers check the directories above).
+pub fn read_untrusted(path: &Path, max: u64, follow_links: bool) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; it is then
+    // refused as not a regular file. (It does not change reads of a regular file.)
+    let flags = libc::O_NONBLOCK | if follow_links { 0 } else { libc::O_NOFOLLOW };
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Error::new(ErrorKind::InvalidInput, "a symbolic link, not followed")
+        } else {
+            e
+        }
+    })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(Error::new(ErrorKind::InvalidData, format!("{} bytes, more than the {max} read", meta.len())));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(ErrorKind::InvalidData, format!("grew past the {max} bytes read")));
+    }
+    Ok(bytes)
+}
+
 /// Whether both paths exist and name the same file.
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -343,5 +375,27 @@ mod tests {
         std::fs::write(run.config(), "").unwrap();
         let e = RunDir::create(dir.path()).unwrap_err().to_string();
         assert!(e.contains("--resume"), "{e}");
+    }
+
+    #[test]
+    fn untrusted_reads_take_regular_files_only_and_only_so_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.json");
+        std::fs::write(&file, "12345").unwrap();
+        assert_eq!(read_untrusted(&file, 5, false).unwrap(), b"12345");
+        let e = read_untrusted(&file, 4, false).unwrap_err().to_string();
+        assert!(e.contains("more than the 4 read"), "{e}");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(read_untrusted(&link, 5, false).unwrap_err().to_string().contains("symbolic link"));
+        assert_eq!(read_untrusted(&link, 5, true).unwrap(), b"12345");
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_untrusted(&fifo, 5, true).unwrap_err().to_string().contains("not a regular file"));
+        for dev in ["/dev/zero", "/dev/null"] {
+            assert!(read_untrusted(Path::new(dev), 5, true).unwrap_err().to_string().contains("not a regular file"));
+        }
     }
 }

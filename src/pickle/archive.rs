@@ -1,0 +1,458 @@
+//! A `torch.save` file as bytes: which of the formats it is, its object flattened into named
+//! tensor views and other leaves, and every storage's bytes — all within a [`Budget`], and
+//! without libtorch (the fuzz target `pickle` drives this module).
+//!
+//! What a hostile file can ask for, and what bounds it:
+//! - storages: their sizes come from the pickle; they are summed as they are named and refused
+//!   past the budget before anything is read; a storage's zip record must hold exactly its
+//!   bytes (its declared size is compared, then it is read through a reader that stops one byte
+//!   past that, so a record that inflates further costs nothing);
+//! - tensors: every occurrence of every tensor, shared or not, costs its elements × element
+//!   size, because whoever uses the tensors may copy each one (a stride-0 view of one element
+//!   claiming a trillion elements, or one tensor referenced a million times, is refused);
+//! - the object: its traversal is a loop with its own stack, counts depth ([`MAX_DEPTH`]), the
+//!   nodes it visits and the bytes of the names it makes, each linear in the pickle's length.
+use super::machine::{self, CodeUse, Dtype, Machine, Node, Storage, TensorRef, Value, MAX_DEPTH};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::rc::Rc;
+
+/// What a PyTorch file holds, told from its contents: the suffix says nothing (`.pt` and `.pth`
+/// are used for all three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// `torch.save`, zip archive (PyTorch ≥ 1.6).
+    TorchSaveZip,
+    /// `torch.save`, the format before PyTorch 1.6.
+    TorchSaveLegacy,
+    /// `torch.jit.save`: a TorchScript module, also a zip archive, but with code.
+    TorchScript,
+}
+
+/// The first pickle of a legacy file: protocol 2, the int 0x1950a86a20f9469cfc6c, stop.
+pub const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+
+/// The default cap on what one file's tensors may take ([`Budget`]); `sadajem import
+/// --max-tensor-bytes` raises it. The largest checkpoint of the papers (WRN-28-10 with a
+/// 10,000-image replay buffer) takes 0.3 GB.
+pub const DEFAULT_MAX_BYTES: u64 = 8 << 30;
+
+/// A `data.pkl` larger than this is refused: a state dict of 100,000 tensors pickles to ~10 MB.
+pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// More tensors than this in one file is refused: WRN-28-10 has 300, the largest models a few
+/// thousand.
+pub const MAX_TENSORS: usize = 100_000;
+
+/// What reading one file may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes of storages plus bytes of every tensor occurrence, whatever the file's size.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bytes: DEFAULT_MAX_BYTES }
+    }
+}
+
+/// The bytes one file may take: `max_bytes`, and no more than four times the file's length
+/// plus 64 MiB. A file's storages are stored whole in it (zip records are not compressed by
+/// torch.save), and its tensors are views of them, so an honest file costs about twice its
+/// length; a file claiming much more than it holds is lying.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub bytes: u64,
+    /// Whether the absolute cap (rather than the file's length) set `bytes`.
+    pub capped: bool,
+}
+
+impl Budget {
+    pub fn for_file(file_len: u64, limits: &Limits) -> Budget {
+        let relative = file_len.saturating_mul(4).saturating_add(64 << 20);
+        Budget { bytes: relative.min(limits.max_bytes), capped: limits.max_bytes < relative }
+    }
+
+    fn exceeded(&self, what: String) -> anyhow::Error {
+        let how = if self.capped {
+            format!(
+                "the {} allowed (sadajem import --max-tensor-bytes raises it)",
+                crate::memory::human(self.bytes as f64)
+            )
+        } else {
+            format!("the {} a file of this length can honestly hold", crate::memory::human(self.bytes as f64))
+        };
+        anyhow!("{what}: more than {how}")
+    }
+}
+
+/// One tensor of the file: a view of one of its storages.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub storage: String,
+    pub dtype: Dtype,
+    pub offset: i64,
+    pub size: Vec<i64>,
+    pub stride: Vec<i64>,
+}
+
+/// The bytes of one storage, little-endian, `numel × dtype.size()` of them.
+#[derive(Debug)]
+pub struct StorageData {
+    pub dtype: Dtype,
+    pub numel: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Everything a file holds, read and checked.
+#[derive(Debug)]
+pub struct Contents {
+    pub kind: FileKind,
+    /// Every tensor, named by its path through nested dicts, lists and tuples joined with dots
+    /// (`model_state_dict.conv1.weight`), in the file's order.
+    pub tensors: Vec<(String, TensorSpec)>,
+    /// Every other leaf (numbers, strings, objects), named the same way, with what it is.
+    pub leaves: Vec<(String, String)>,
+    pub storages: HashMap<String, StorageData>,
+    /// Globals that `torch.load(weights_only=False)` would import and run.
+    pub code: Vec<CodeUse>,
+    /// Whether the storages' bytes were checked against a checksum: the zip format has a CRC-32
+    /// per record, the legacy format none.
+    pub checksummed: bool,
+}
+
+/// Tells the three kinds of PyTorch file apart; anything else is an error saying so.
+pub fn file_kind(path: &Path) -> Result<FileKind> {
+    let mut head = Vec::with_capacity(LEGACY_MAGIC.len());
+    open_regular(path)?
+        .take(LEGACY_MAGIC.len() as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if head.starts_with(b"PK\x03\x04") {
+        let zip = open_zip(path)?;
+        // A TorchScript archive also has a data.pkl (the module's attributes); its code and
+        // constants tell it apart.
+        if zip.file_names().any(|n| n.ends_with("/constants.pkl") || n.contains("/code/")) {
+            return Ok(FileKind::TorchScript);
+        }
+        data_pkl_prefix(&zip).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(FileKind::TorchSaveZip);
+    }
+    if head == LEGACY_MAGIC {
+        return Ok(FileKind::TorchSaveLegacy);
+    }
+    bail!(
+        "{} is not a PyTorch file: expected a zip archive (torch.save since PyTorch 1.6, or torch.jit.save) \
+         or an older torch.save file",
+        path.display()
+    )
+}
+
+/// Opens `path` for reading if it is a regular file: a FIFO would block, a device never end.
+fn open_regular(path: &Path) -> Result<File> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+    ensure!(meta.is_file(), "{}: not a regular file", path.display());
+    Ok(file)
+}
+
+/// Reads a `torch.save`'d file of either format.
+pub fn read(path: &Path, limits: &Limits) -> Result<Contents> {
+    let read = || -> Result<Contents> {
+        let kind = file_kind(path)?;
+        let len = open_regular(path)?.metadata()?.len();
+        let budget = Budget::for_file(len, limits);
+        match kind {
+            FileKind::TorchSaveZip => read_zip(path, budget),
+            FileKind::TorchSaveLegacy => {
+                ensure!(len <= budget.bytes, "{}", budget.exceeded(format!("the file is {}", crate::memory::human(len as f64))));
+                let mut bytes = Vec::new();
+                open_regular(path)?.take(len).read_to_end(&mut bytes)?;
+                read_legacy(&bytes, budget)
+            }
+            FileKind::TorchScript => bail!("this is a TorchScript module (torch.jit.save), not a torch.save file"),
+        }
+    };
+    read().with_context(|| format!("reading the tensors of {}", path.display()))
+}
+
+fn open_zip(path: &Path) -> Result<zip::ZipArchive<File>> {
+    zip::ZipArchive::new(open_regular(path)?).with_context(|| format!("reading the zip directory of {}", path.display()))
+}
+
+/// The folder every record of a torch.save archive lives in (named after the file when saved).
+fn data_pkl_prefix(zip: &zip::ZipArchive<File>) -> Result<String> {
+    zip.file_names()
+        .filter_map(|n| n.strip_suffix("data.pkl"))
+        .find(|p| p.is_empty() || (p.ends_with('/') && p.matches('/').count() == 1))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("a zip archive without data.pkl: not written by torch.save"))
+}
+
+/// A record's bytes, at most `limit` of them (more is an error), or exactly `exact`. The size
+/// the archive declares is checked, never trusted for an allocation, and the read stops one
+/// byte past what is allowed, however far the record would inflate.
+fn read_record(zip: &mut zip::ZipArchive<File>, name: &str, size: RecordSize) -> Result<Vec<u8>> {
+    let shown = machine::shorten(name, 60);
+    let entry = zip.by_name(name).with_context(|| format!("no record {shown} in the archive"))?;
+    let declared = entry.size();
+    let limit = match size {
+        RecordSize::Exact(n) => {
+            ensure!(declared == n, "record {shown} declares {declared} bytes; its storage needs {n}");
+            n
+        }
+        RecordSize::AtMost(n) => {
+            ensure!(declared <= n, "record {shown} declares {declared} bytes, more than the {n} read");
+            n
+        }
+    };
+    let mut bytes = Vec::new();
+    entry.take(limit.saturating_add(1)).read_to_end(&mut bytes).with_context(|| format!("reading record {shown}"))?;
+    let got = bytes.len() as u64;
+    ensure!(got <= limit, "record {shown} holds more than the {limit} bytes it declares");
+    if let RecordSize::Exact(n) = size {
+        ensure!(got == n, "record {shown} holds {got} bytes; its storage needs {n}");
+    }
+    Ok(bytes)
+}
+
+#[derive(Clone, Copy)]
+enum RecordSize {
+    Exact(u64),
+    AtMost(u64),
+}
+
+fn read_zip(path: &Path, budget: Budget) -> Result<Contents> {
+    let mut zip = open_zip(path)?;
+    let prefix = data_pkl_prefix(&zip)?;
+    if let Ok(order) = read_record(&mut zip, &format!("{prefix}byteorder"), RecordSize::AtMost(16)) {
+        ensure!(order == b"little", "the tensors are stored big-endian; only little-endian files are read");
+    }
+    let pickle = read_record(&mut zip, &format!("{prefix}data.pkl"), RecordSize::AtMost(MAX_PICKLE_BYTES.min(budget.bytes)))
+        .context("data.pkl")?;
+    let mut machine = Machine::new(&pickle, budget.bytes);
+    let value = machine.run().context("in data.pkl")?;
+    let spent = budget.bytes - machine.storage_bytes_left();
+    let mut storages = HashMap::new();
+    for (key, s) in &machine.storages {
+        let bytes = read_record(&mut zip, &format!("{prefix}data/{key}"), RecordSize::Exact(s.numel * s.dtype.size()))?;
+        storages.insert(key.to_string(), StorageData { dtype: s.dtype, numel: s.numel, bytes });
+    }
+    let walked = walk(&machine, &value, pickle.len(), budget, spent)?;
+    Ok(Contents { kind: FileKind::TorchSaveZip, tensors: walked.tensors, leaves: walked.leaves, storages, code: machine.code, checksummed: true })
+}
+
+/// The legacy stream: five pickles back to back (magic number, protocol version, system info,
+/// the object, the list of storage keys), then each storage as its element count (u64) and raw
+/// bytes.
+pub fn read_legacy(bytes: &[u8], budget: Budget) -> Result<Contents> {
+    ensure!(bytes.starts_with(LEGACY_MAGIC), "not a legacy torch.save stream");
+    let mut pos = LEGACY_MAGIC.len();
+    let (protocol, m) = run_pickle(bytes, &mut pos, "protocol version", 0)?;
+    ensure!(matches!(protocol, Value::Int(1001)), "unknown legacy protocol version {} (expected 1001)", m.heap.describe(&protocol));
+    let (info, m) = run_pickle(bytes, &mut pos, "system info", 0)?;
+    ensure!(
+        !matches!(dict_get(&m, &info, "little_endian"), Some(Value::Bool(false))),
+        "the tensors are stored big-endian; only little-endian files are read"
+    );
+    // The object's machine keeps the storage table: element types and counts.
+    let object_start = pos;
+    let (value, machine) = run_pickle(bytes, &mut pos, "object", budget.bytes)?;
+    let object_len = pos - object_start;
+    let spent = budget.bytes - machine.storage_bytes_left();
+    let (keys, km) = run_pickle(bytes, &mut pos, "storage keys", 0)?;
+    let Value::List(keys) = keys else { bail!("the storage keys are not a list but {}", km.heap.describe(&keys)) };
+    let Node::List(keys) = km.heap.node(keys) else { unreachable!("a list id names a list") };
+    let table: HashMap<&str, Storage> = machine.storages.iter().map(|(k, s)| (&**k, *s)).collect();
+    let mut storages = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else { bail!("a storage key is not a string but {}", km.heap.describe(key)) };
+        let shown = machine::shorten(key, 40);
+        let s = table.get(&**key).ok_or_else(|| anyhow!("storage {shown} is listed but never used"))?;
+        ensure!(!storages.contains_key(&**key), "storage {shown} is listed twice");
+        let numel = bytes.get(pos..pos + 8).ok_or_else(|| anyhow!("the file ends before storage {shown}"))?;
+        let numel = u64::from_le_bytes(numel.try_into().unwrap());
+        ensure!(numel == s.numel, "storage {shown} holds {numel} elements, its tensors expect {}", s.numel);
+        pos += 8;
+        // Within the budget (checked when the pickle named it), so this fits a usize.
+        let len = (s.numel * s.dtype.size()) as usize;
+        let data = pos.checked_add(len).and_then(|end| bytes.get(pos..end));
+        let data = data.ok_or_else(|| anyhow!("the file ends inside storage {shown}"))?;
+        pos += len;
+        storages.insert(key.to_string(), StorageData { dtype: s.dtype, numel: s.numel, bytes: data.to_vec() });
+    }
+    let walked = walk(&machine, &value, object_len, budget, spent)?;
+    Ok(Contents { kind: FileKind::TorchSaveLegacy, tensors: walked.tensors, leaves: walked.leaves, storages, code: machine.code, checksummed: false })
+}
+
+/// Runs the pickle that starts at `*pos` and moves `*pos` past it.
+fn run_pickle<'a>(bytes: &'a [u8], pos: &mut usize, what: &str, storage_bytes: u64) -> Result<(Value, Machine<'a>)> {
+    let mut machine = Machine::new(&bytes[*pos..], storage_bytes);
+    let value = machine.run().with_context(|| format!("in the {what} pickle"))?;
+    *pos += machine.pos;
+    Ok((value, machine))
+}
+
+fn dict_get(m: &Machine, dict: &Value, key: &str) -> Option<Value> {
+    let Value::Dict(id) = dict else { return None };
+    let Node::Dict(items) = m.heap.node(*id) else { return None };
+    items.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v.clone())
+}
+
+struct Walked {
+    tensors: Vec<(String, TensorSpec)>,
+    leaves: Vec<(String, String)>,
+}
+
+/// Flattens the object into named tensors and leaves, depth first in the file's order. A loop
+/// with its own stack: no recursion, however the containers refer to each other.
+fn walk(m: &Machine, root: &Value, pickle_len: usize, budget: Budget, mut spent: u64) -> Result<Walked> {
+    // Each container is visited once in an honest file; a few times where tensors are shared
+    // (tied weights).
+    let mut visits_left = 4 * pickle_len as u64 + 1024;
+    let mut name_bytes_left = 4 * pickle_len as u64 + (1 << 20);
+    let mut out = Walked { tensors: Vec::new(), leaves: Vec::new() };
+    let mut stack: Vec<(Value, String, u32)> = vec![(root.clone(), String::new(), 0)];
+    while let Some((value, name, depth)) = stack.pop() {
+        visits_left = visits_left.checked_sub(1).ok_or_else(|| {
+            anyhow!(
+                "its objects refer to each other more often than a pickle of {pickle_len} bytes can honestly \
+                 describe (shared references multiplying: a \"billion laughs\" file)"
+            )
+        })?;
+        // Cycles, and containers filled after they were nested, end here.
+        ensure!(depth <= MAX_DEPTH, "{}: nested more than {MAX_DEPTH} levels deep", machine::shorten(&name, 200));
+        let mut children: Vec<(String, Value)> = vec![];
+        match &value {
+            Value::Tensor(t) => {
+                ensure!(out.tensors.len() < MAX_TENSORS, "more than {MAX_TENSORS} tensors (shared references multiplying?)");
+                spent = charge(spent, t, &name, budget)?;
+                out.tensors.push((name, spec(t)));
+                continue;
+            }
+            Value::Tuple(id) | Value::List(id) | Value::Dict(id) => match m.heap.node(*id) {
+                Node::Tuple(items) | Node::List(items) => {
+                    children.extend(items.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())));
+                }
+                Node::Dict(items) => children.extend(items.iter().map(|(k, v)| (key_name(m, k), v.clone()))),
+            },
+            other => {
+                out.leaves.push((name, m.heap.describe(other)));
+                continue;
+            }
+        }
+        // Reversed, so that the stack pops them in the file's order.
+        for (key, child) in children.into_iter().rev() {
+            let child_name = if name.is_empty() { key } else { format!("{name}.{key}") };
+            name_bytes_left = name_bytes_left.checked_sub(child_name.len() as u64).ok_or_else(|| {
+                anyhow!("the names of its entries take more bytes than a pickle of {pickle_len} bytes can honestly make")
+            })?;
+            stack.push((child, child_name, depth + 1));
+        }
+    }
+    Ok(out)
+}
+
+/// Adds a tensor occurrence's bytes to what the file has spent; refuses past the budget.
+fn charge(spent: u64, t: &TensorRef, name: &str, budget: Budget) -> Result<u64> {
+    let bytes = t.numel.checked_mul(t.dtype.size());
+    bytes.and_then(|b| spent.checked_add(b)).filter(|&total| total <= budget.bytes).ok_or_else(|| {
+        budget.exceeded(format!(
+            "tensor {} of size {:?} ({} elements of {:?}), with the storages and the tensors before it",
+            machine::shorten(name, 200),
+            t.size,
+            t.numel,
+            t.dtype
+        ))
+    })
+}
+
+fn spec(t: &Rc<TensorRef>) -> TensorSpec {
+    TensorSpec { storage: t.storage.to_string(), dtype: t.dtype, offset: t.offset, size: t.size.clone(), stride: t.stride.clone() }
+}
+
+/// A dict key as a name: strings as they are (cut at 200 characters), numbers printed.
+fn key_name(m: &Machine, key: &Value) -> String {
+    match key {
+        Value::Str(s) => machine::shorten(s, 200),
+        Value::Int(i) => i.to_string(),
+        Value::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
+        Value::None => "None".to_owned(),
+        Value::Float(x) => x.to_string(),
+        other => m.heap.describe(other),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A legacy stream around `object` (a pickle without the final STOP's successors), no storages.
+    pub fn legacy(object: &[u8]) -> Vec<u8> {
+        let mut b = LEGACY_MAGIC.to_vec();
+        b.extend(b"\x80\x02M\xe9\x03.");
+        b.extend(b"\x80\x02}q\x00X\x0d\x00\x00\x00little_endianq\x01\x88s.");
+        b.extend(object);
+        b.extend(b"\x80\x02].");
+        b
+    }
+
+    fn budget(bytes: u64) -> Budget {
+        Budget { bytes, capped: true }
+    }
+
+    #[test]
+    fn the_budget_is_relative_to_the_file_and_capped() {
+        let b = Budget::for_file(1000, &Limits::default());
+        assert_eq!((b.bytes, b.capped), (4000 + (64 << 20), false));
+        let b = Budget::for_file(10 << 30, &Limits::default());
+        assert_eq!((b.bytes, b.capped), (DEFAULT_MAX_BYTES, true));
+        let e = b.exceeded("x".into()).to_string();
+        assert!(e.contains("8.0 GiB allowed") && e.contains("--max-tensor-bytes"), "{e}");
+    }
+
+    /// Cycles and containers nested after they were filled are caught by the walk.
+    #[test]
+    fn the_walk_bounds_depth_and_visits() {
+        // l = []; l.append(l)
+        let e = format!("{:#}", read_legacy(&legacy(b"\x80\x02]q\x00h\x00a."), budget(1 << 20)).unwrap_err());
+        assert!(e.contains("nested more than 64 levels deep"), "{e}");
+        // 100 lists, each put into the next before it is itself filled: the machine sees depth 2.
+        let mut b = b"\x80\x02".to_vec();
+        for i in 0..100u8 {
+            b.extend([b']', b'q', i, b'0']);
+        }
+        for i in (0..99u8).rev() {
+            b.extend([b'h', i + 1, b'h', i, b'a', b'0']);
+        }
+        b.extend(b"h\x63.");
+        let e = format!("{:#}", read_legacy(&legacy(&b), budget(1 << 20)).unwrap_err());
+        assert!(e.contains("nested more than 64 levels deep"), "{e}");
+        // 2^61 leaves in 500 bytes.
+        let mut b = b"\x80\x02]q\x000".to_vec();
+        for i in 1..=61u8 {
+            b.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i, b'0']);
+        }
+        b.extend(b"h\x3d.");
+        let start = std::time::Instant::now();
+        let e = format!("{:#}", read_legacy(&legacy(&b), budget(1 << 20)).unwrap_err());
+        assert!(e.contains("billion laughs"), "{e}");
+        assert!(start.elapsed().as_secs() < 5);
+    }
+
+    #[test]
+    fn long_keys_are_cut_in_names() {
+        // {"x" * 10000: 1}
+        let mut b = b"\x80\x02}X\x10\x27\x00\x00".to_vec();
+        b.extend(b"x".repeat(10_000));
+        b.extend(b"K\x01s.");
+        let c = read_legacy(&legacy(&b), budget(1 << 20)).unwrap();
+        assert_eq!(c.leaves.len(), 1);
+        assert!(c.leaves[0].0.len() < 300 && c.leaves[0].0.ends_with("(10000 bytes)"), "{}", c.leaves[0].0);
+        assert_eq!(c.leaves[0].1, "1");
+    }
+}
