@@ -77,7 +77,7 @@ impl Budget {
         Budget { bytes: relative.min(limits.max_bytes), capped: limits.max_bytes < relative }
     }
 
-    fn exceeded(&self, what: String) -> anyhow::Error {
+    pub(super) fn exceeded(&self, what: String) -> anyhow::Error {
         let how = if self.capped {
             format!(
                 "the {} allowed (sadajem import --max-tensor-bytes raises it)",
@@ -207,16 +207,14 @@ fn read_record(zip: &mut zip::ZipArchive<File>, name: &str, size: RecordSize) ->
         }
         RecordSize::AtMost(n) => {
             ensure!(declared <= n, "record {shown} declares {declared} bytes, more than the {n} read");
-            n
+            declared
         }
     };
     let mut bytes = Vec::new();
     entry.take(limit.saturating_add(1)).read_to_end(&mut bytes).with_context(|| format!("reading record {shown}"))?;
     let got = bytes.len() as u64;
     ensure!(got <= limit, "record {shown} holds more than the {limit} bytes it declares");
-    if let RecordSize::Exact(n) = size {
-        ensure!(got == n, "record {shown} holds {got} bytes; its storage needs {n}");
-    }
+    ensure!(got == limit, "record {shown} holds {got} bytes, not the {limit} it declares");
     Ok(bytes)
 }
 
@@ -234,7 +232,7 @@ fn read_zip(path: &Path, budget: Budget) -> Result<Contents> {
     }
     let pickle = read_record(&mut zip, &format!("{prefix}data.pkl"), RecordSize::AtMost(MAX_PICKLE_BYTES.min(budget.bytes)))
         .context("data.pkl")?;
-    let mut machine = Machine::new(&pickle, budget.bytes);
+    let mut machine = Machine::new(&pickle, budget);
     let value = machine.run().context("in data.pkl")?;
     let spent = budget.bytes - machine.storage_bytes_left();
     let mut storages = HashMap::new();
@@ -252,19 +250,20 @@ fn read_zip(path: &Path, budget: Budget) -> Result<Contents> {
 pub fn read_legacy(bytes: &[u8], budget: Budget) -> Result<Contents> {
     ensure!(bytes.starts_with(LEGACY_MAGIC), "not a legacy torch.save stream");
     let mut pos = LEGACY_MAGIC.len();
-    let (protocol, m) = run_pickle(bytes, &mut pos, "protocol version", 0)?;
+    let none = Budget { bytes: 0, ..budget };
+    let (protocol, m) = run_pickle(bytes, &mut pos, "protocol version", none)?;
     ensure!(matches!(protocol, Value::Int(1001)), "unknown legacy protocol version {} (expected 1001)", m.heap.describe(&protocol));
-    let (info, m) = run_pickle(bytes, &mut pos, "system info", 0)?;
+    let (info, m) = run_pickle(bytes, &mut pos, "system info", none)?;
     ensure!(
         !matches!(dict_get(&m, &info, "little_endian"), Some(Value::Bool(false))),
         "the tensors are stored big-endian; only little-endian files are read"
     );
     // The object's machine keeps the storage table: element types and counts.
     let object_start = pos;
-    let (value, machine) = run_pickle(bytes, &mut pos, "object", budget.bytes)?;
+    let (value, machine) = run_pickle(bytes, &mut pos, "object", budget)?;
     let object_len = pos - object_start;
     let spent = budget.bytes - machine.storage_bytes_left();
-    let (keys, km) = run_pickle(bytes, &mut pos, "storage keys", 0)?;
+    let (keys, km) = run_pickle(bytes, &mut pos, "storage keys", none)?;
     let Value::List(keys) = keys else { bail!("the storage keys are not a list but {}", km.heap.describe(&keys)) };
     let Node::List(keys) = km.heap.node(keys) else { unreachable!("a list id names a list") };
     let table: HashMap<&str, Storage> = machine.storages.iter().map(|(k, s)| (&**k, *s)).collect();
@@ -290,8 +289,8 @@ pub fn read_legacy(bytes: &[u8], budget: Budget) -> Result<Contents> {
 }
 
 /// Runs the pickle that starts at `*pos` and moves `*pos` past it.
-fn run_pickle<'a>(bytes: &'a [u8], pos: &mut usize, what: &str, storage_bytes: u64) -> Result<(Value, Machine<'a>)> {
-    let mut machine = Machine::new(&bytes[*pos..], storage_bytes);
+fn run_pickle<'a>(bytes: &'a [u8], pos: &mut usize, what: &str, budget: Budget) -> Result<(Value, Machine<'a>)> {
+    let mut machine = Machine::new(&bytes[*pos..], budget);
     let value = machine.run().with_context(|| format!("in the {what} pickle"))?;
     *pos += machine.pos;
     Ok((value, machine))
@@ -388,17 +387,33 @@ fn key_name(m: &Machine, key: &Value) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+#[path = "../../tests/support/forge.rs"]
+mod forge;
+
+#[cfg(test)]
+mod tests {
+    use super::forge::{self, Pickle, Record};
     use super::*;
 
-    /// A legacy stream around `object` (a pickle without the final STOP's successors), no storages.
-    pub fn legacy(object: &[u8]) -> Vec<u8> {
-        let mut b = LEGACY_MAGIC.to_vec();
-        b.extend(b"\x80\x02M\xe9\x03.");
-        b.extend(b"\x80\x02}q\x00X\x0d\x00\x00\x00little_endianq\x01\x88s.");
-        b.extend(object);
-        b.extend(b"\x80\x02].");
-        b
+    /// A legacy stream around `object`, no storages.
+    fn legacy(object: &[u8]) -> Vec<u8> {
+        forge::legacy(object, &[])
+    }
+
+    fn read_bytes(bytes: &[u8], limits: &Limits) -> Result<Contents> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pt");
+        std::fs::write(&path, bytes).unwrap();
+        read(&path, limits)
+    }
+
+    fn err(bytes: &[u8], limits: &Limits) -> String {
+        format!("{:#}", read_bytes(bytes, limits).unwrap_err())
+    }
+
+    /// A WRN-like state dict of two small tensors and a [N, 1, 28, 28] buffer.
+    fn state() -> Vec<(&'static str, Vec<i64>)> {
+        vec![("f.conv1.weight", vec![16, 1, 3, 3]), ("class_output.bias", vec![10])]
     }
 
     fn budget(bytes: u64) -> Budget {
@@ -454,5 +469,120 @@ pub(crate) mod tests {
         assert_eq!(c.leaves.len(), 1);
         assert!(c.leaves[0].0.len() < 300 && c.leaves[0].0.ends_with("(10000 bytes)"), "{}", c.leaves[0].0);
         assert_eq!(c.leaves[0].1, "1");
+    }
+
+    #[test]
+    fn honest_archives_read_in_both_formats_and_deflated() {
+        let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((vec![4, 1, 28, 28], forge::contiguous(&[4, 1, 28, 28]), 4 * 784)));
+        let zipped = forge::torch_zip(&pickle, &numels);
+        for bytes in [zipped, forge::legacy(&pickle, &numels)] {
+            let c = read_bytes(&bytes, &Limits::default()).unwrap();
+            let names: Vec<&str> = c.tensors.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["model_state_dict.f.conv1.weight", "model_state_dict.class_output.bias", "replay_buffer"]);
+            assert_eq!(c.storages["2"].bytes.len(), 4 * 4 * 784);
+        }
+        // A re-packed archive (records deflated, sizes true) reads the same.
+        let mut records = vec![Record::deflated("archive/data.pkl", &pickle, pickle.len() as u64)];
+        for (i, &n) in numels.iter().enumerate() {
+            records.push(Record::deflated(&format!("archive/data/{i}"), &vec![0u8; 4 * n as usize], 4 * n as u64));
+        }
+        let c = read_bytes(&forge::zip(&records), &Limits::default()).unwrap();
+        assert_eq!((c.tensors.len(), c.checksummed), (3, true));
+    }
+
+    /// Declared sizes are compared, never allocated: 2^62 and 2^63 + 1 were an abort and a
+    /// "capacity overflow" panic.
+    #[test]
+    fn declared_record_sizes_are_checked_not_trusted() {
+        let (pickle, numels) = forge::checkpoint_pickle(&state(), None);
+        assert_eq!(numels, [144, 10]);
+        for declared in [1u64 << 62, (1 << 63) + 1] {
+            let mut records = vec![Record { declared, ..Record::plain("archive/data.pkl", &pickle) }];
+            records.extend(numels.iter().enumerate().map(|(i, &n)| Record::plain(&format!("archive/data/{i}"), &vec![0; 4 * n as usize])));
+            let e = err(&forge::zip(&records), &Limits::default());
+            assert!(e.contains(&format!("record archive/data.pkl declares {declared} bytes, more than the")), "{e}");
+
+            let mut records = vec![Record::plain("archive/data.pkl", &pickle)];
+            records.push(Record { declared, ..Record::plain("archive/data/0", &vec![0; 4 * 144]) });
+            records.push(Record::plain("archive/data/1", &[0; 40]));
+            let e = err(&forge::zip(&records), &Limits::default());
+            assert!(e.contains(&format!("record archive/data/0 declares {declared} bytes; its storage needs 576")), "{e}");
+        }
+        // A record shorter than its storage.
+        let records = [Record::plain("archive/data.pkl", &pickle), Record::plain("archive/data/0", &[0; 100]), Record::plain("archive/data/1", &[0; 40])];
+        let e = err(&forge::zip(&records), &Limits::default());
+        assert!(e.contains("record archive/data/0 declares 100 bytes; its storage needs 576"), "{e}");
+    }
+
+    /// A few kB that inflate to as much as the archive likes (3 KB → 2.2 GB was imported): the
+    /// read stops one byte past the declared size.
+    #[test]
+    fn compressed_records_inflate_no_further_than_declared() {
+        let (pickle, _) = forge::checkpoint_pickle(&state(), None);
+        let bomb = vec![0u8; 64 << 20];
+        let mut records = vec![Record::plain("archive/data.pkl", &pickle)];
+        records.push(Record::deflated("archive/data/0", &bomb, 576));
+        records.push(Record::plain("archive/data/1", &[0; 40]));
+        let bytes = forge::zip(&records);
+        assert!(bytes.len() < 200_000, "{}", bytes.len());
+        let start = std::time::Instant::now();
+        let e = err(&bytes, &Limits::default());
+        assert!(e.contains("record archive/data/0 holds more than the 576 bytes it declares"), "{e}");
+        assert!(start.elapsed().as_secs() < 2, "{:?}", start.elapsed());
+        // data.pkl likewise.
+        let mut lying = vec![Record::deflated("archive/data.pkl", &bomb, 1000)];
+        lying.extend(records.drain(1..));
+        let e = err(&forge::zip(&lying), &Limits::default());
+        assert!(e.contains("record archive/data.pkl holds more than the 1000 bytes it declares"), "{e}");
+        // A storage claiming what the file cannot hold is refused before anything is read.
+        let (pickle, _) = forge::checkpoint_pickle(&[("w", vec![1 << 20, 1 << 10])], None);
+        let records = [Record::plain("archive/data.pkl", &pickle), Record::deflated("archive/data/0", &[0; 1000], 4 << 30)];
+        let e = err(&forge::zip(&records), &Limits::default());
+        assert!(e.contains("storage 0 holds 1073741824 elements of F32") && e.contains("a file of this length can honestly hold"), "{e}");
+    }
+
+    /// A replay buffer as a stride-0 view of one element: every view costs its elements.
+    #[test]
+    fn views_cost_their_elements_within_the_budget() {
+        for (n, expect) in [(1_000_000_000_000i64, "replay_buffer of size [1000000000000, 3, 32, 32]"), (10_000, "replay_buffer of size [10000, 3, 32, 32]")] {
+            let size = vec![n, 3, 32, 32];
+            let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((size, vec![0, 0, 0, 0], 1)));
+            for bytes in [forge::torch_zip(&pickle, &numels), forge::legacy(&pickle, &numels)] {
+                let e = err(&bytes, &Limits::default());
+                assert!(e.contains(expect) && e.contains("a file of this length can honestly hold"), "{e}");
+            }
+        }
+        // Within the budget it reads; with the cap set lower, the message says how to raise it.
+        let size = vec![100, 1, 28, 28];
+        let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((size, vec![0, 0, 0, 0], 1)));
+        let bytes = forge::torch_zip(&pickle, &numels);
+        assert!(read_bytes(&bytes, &Limits::default()).is_ok());
+        let e = err(&bytes, &Limits { max_bytes: 100_000 });
+        assert!(e.contains("the 97.7 KiB allowed (sadajem import --max-tensor-bytes raises it)"), "{e}");
+    }
+
+    /// One tensor referenced 200,000 times (a million cost 2 GB and a 129 MB imported.json).
+    #[test]
+    fn shared_tensor_references_are_counted() {
+        let mut p = Pickle::default();
+        p.op(b"}").tensor("0", 1, 0, &[1], &[1]).put(0).op(b"0").str("k").put(1).op(b"0(");
+        for _ in 0..200_000 {
+            p.get(1).get(0);
+        }
+        let pickle = p.op(b"u").stop();
+        let e = err(&forge::legacy(&pickle, &[1]), &Limits::default());
+        assert!(e.contains("more than 100000 tensors"), "{e}");
+    }
+
+    /// 300,000 nested tuples in a 600-byte file overflowed the stack.
+    #[test]
+    fn deep_nesting_is_an_error_in_both_formats() {
+        let mut p = Pickle::default();
+        p.op(&vec![b'('; 300_000]).op(&vec![b't'; 300_000]);
+        let pickle = p.stop();
+        for bytes in [forge::torch_zip(&pickle, &[]), forge::legacy(&pickle, &[])] {
+            let e = err(&bytes, &Limits::default());
+            assert!(e.contains("nested more than 64 levels deep"), "{e}");
+        }
     }
 }

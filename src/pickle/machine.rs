@@ -15,6 +15,7 @@
 //! - Every global that is not one of the data-building names `torch.load(weights_only=True)`
 //!   accepts is recorded ([`CodeUse`]): under `torch.load` with `weights_only=False` (the
 //!   default before PyTorch 2.6) importing and calling it would run code.
+use super::archive::Budget;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -300,11 +301,12 @@ pub struct Machine<'a> {
     items_left: u64,
     /// Bytes the storages may take in all, across the whole file; checked as each is named.
     storage_bytes_left: u64,
+    budget: Budget,
 }
 
 impl<'a> Machine<'a> {
-    /// A machine over `bytes` whose storages may take `storage_bytes` in all.
-    pub fn new(bytes: &'a [u8], storage_bytes: u64) -> Self {
+    /// A machine over `bytes` whose storages may take `budget` in all.
+    pub fn new(bytes: &'a [u8], budget: Budget) -> Self {
         Machine {
             bytes,
             pos: 0,
@@ -316,7 +318,8 @@ impl<'a> Machine<'a> {
             storage_index: HashMap::new(),
             code: Vec::new(),
             items_left: 8 * bytes.len() as u64 + 4096,
-            storage_bytes_left: storage_bytes,
+            storage_bytes_left: budget.bytes,
+            budget,
         }
     }
 
@@ -657,11 +660,7 @@ impl<'a> Machine<'a> {
                 } else {
                     let bytes = numel.checked_mul(dtype.size()).filter(|&b| b <= self.storage_bytes_left);
                     let bytes = bytes.ok_or_else(|| {
-                        anyhow!(
-                            "storage {shown} holds {numel} elements of {dtype:?}: with the storages before it, more than \
-                             the {} this file may take",
-                            crate::memory::human(self.storage_bytes_left as f64)
-                        )
+                        self.budget.exceeded(format!("storage {shown} holds {numel} elements of {dtype:?}, with the storages before it"))
                     })?;
                     self.storage_bytes_left -= bytes;
                     self.storage_index.insert(key.clone(), self.storages.len());
@@ -798,8 +797,12 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
 mod tests {
     use super::*;
 
+    fn budget(bytes: u64) -> Budget {
+        Budget { bytes, capped: true }
+    }
+
     fn run(bytes: &[u8]) -> Result<(Value, Machine<'_>)> {
-        let mut m = Machine::new(bytes, 1 << 20);
+        let mut m = Machine::new(bytes, budget(1 << 20));
         let v = m.run()?;
         Ok((v, m))
     }
@@ -817,7 +820,7 @@ mod tests {
     fn pickle_machine_builds_nested_values() {
         // pickle.dumps({"a": [1, -2, (3.5, None)], 7: True}, protocol=2)
         let bytes = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01J\xfe\xff\xff\xffG@\x0c\x00\x00\x00\x00\x00\x00N\x86q\x03eK\x07\x88u.";
-        let mut m = Machine::new(bytes, 0);
+        let mut m = Machine::new(bytes, budget(0));
         let v = m.run().unwrap();
         assert_eq!(m.pos, bytes.len());
         let Value::Dict(d) = v else { panic!("not a dict") };
@@ -911,9 +914,9 @@ mod tests {
     fn storages_count_against_the_budget_as_they_are_named() {
         // ('storage', torch.FloatStorage, '0', 'cpu', 1 << 40) as a persistent id.
         let b = b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpu\x8a\x06\x00\x00\x00\x00\x00\x01tQ.";
-        let e = format!("{:#}", Machine::new(b, 1 << 30).run().err().unwrap());
-        assert!(e.contains("storage 0 holds 1099511627776 elements of F32") && e.contains("1.0 GiB"), "{e}");
-        let mut m = Machine::new(b, u64::MAX);
+        let e = format!("{:#}", Machine::new(b, budget(1 << 30)).run().err().unwrap());
+        assert!(e.contains("storage 0 holds 1099511627776 elements of F32") && e.contains("1.0 GiB allowed"), "{e}");
+        let mut m = Machine::new(b, budget(u64::MAX));
         assert!(m.run().is_ok());
         assert_eq!(m.storage_bytes_left(), u64::MAX - (4 << 40));
     }
