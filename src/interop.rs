@@ -1081,4 +1081,106 @@ mod tests {
         let e = format!("{:#}", read_reference(&saved(dir.path(), vec![("w".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))])).err().unwrap());
         assert!(e.contains("cannot tell the architecture") && e.contains("`f.conv1.weight`"), "{e}");
     }
+
+    /// The reference fixture's state dict (values zeroed) forged byte by byte, with
+    /// `more_state` pickled into it, a replay buffer of `buffer`'s shape, and `before` run (and
+    /// its result dropped) ahead of the checkpoint dict; both torch.save formats.
+    fn forged(dir: &Path, buffer: Option<Vec<i64>>, more_state: &[u8], before: &[u8]) -> [PathBuf; 2] {
+        use crate::pickle::forge;
+        let shapes: Vec<(String, Vec<i64>)> = fixture_state().iter().map(|(n, t)| (n.clone(), t.size())).collect();
+        let shapes: Vec<(&str, Vec<i64>)> = shapes.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+        let buffer = buffer.map(|b| (b.clone(), forge::contiguous(&b), b.iter().product()));
+        let (pickle, numels) = forge::checkpoint_pickle(&shapes, buffer, more_state);
+        let pickle = [&pickle[..2], before, &pickle[2..]].concat();
+        let paths = [dir.join("forged.pt"), dir.join("forged-legacy.pt")];
+        std::fs::write(&paths[0], forge::torch_zip(&pickle, &numels)).unwrap();
+        std::fs::write(&paths[1], forge::legacy(&pickle, &numels)).unwrap();
+        paths
+    }
+
+    fn import_to(file: &Path, out: &Path, strict: bool) -> Result<ImportSummary> {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+        import(&ImportOptions { file, out, data: Some(&data), preset: None, overrides: &[], strict, limits: Default::default() })
+    }
+
+    #[test]
+    fn non_tensor_entries_of_the_state_dict_are_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra = crate::pickle::forge::Pickle(vec![]);
+        extra.str("f.extra").op(b"K\x05").str("f.hook").global("evil", "Hook").op(b")\x81");
+        for path in forged(dir.path(), None, &extra.0, b"") {
+            let r = read_reference(&path).unwrap();
+            let e = format!("{:#}", map_onto(&r, &model_config(&r.arch)).err().unwrap());
+            assert!(e.contains("unknown key(s) `f.extra` (not a tensor but 5), `f.hook` (not a tensor but a evil.Hook object)"), "{e}");
+        }
+        // Without them the forged file imports: the forgery is faithful.
+        let ok = forged(dir.path(), Some(vec![4, 1, 28, 28]), b"", b"");
+        assert_eq!(import_to(&ok[0], &dir.path().join("ok"), false).unwrap().mapped, 48);
+    }
+
+    /// What `torch.load(weights_only=False)` would run is named, kept out of the run, and
+    /// refused with --strict.
+    #[test]
+    fn code_in_the_pickle_is_reported_and_refused_when_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut payload = crate::pickle::forge::Pickle(vec![]);
+        payload.global("posix", "system").str("true").op(b"\x85R0");
+        let [zip, legacy] = forged(dir.path(), Some(vec![4, 1, 28, 28]), b"", &payload.0);
+        let out = dir.path().join("strict");
+        let e = format!("{:#}", import_to(&zip, &out, true).err().unwrap());
+        assert!(e.contains("refused (--strict)") && e.contains("`posix.system` (called 1 time(s))"), "{e}");
+        assert!(!out.exists(), "nothing written");
+        let out = dir.path().join("run");
+        let s = import_to(&legacy, &out, false).unwrap();
+        assert_eq!(s.code, ["`posix.system` (called 1 time(s))"]);
+        let record: Value = serde_json::from_str(&std::fs::read_to_string(out.join("imported.json")).unwrap()).unwrap();
+        let ignored = record["ignored"].as_array().unwrap();
+        assert!(ignored.iter().any(|i| i["key"] == "posix.system" && i["why"] == "ignored: would have run code under torch.load"), "{record}");
+        // The legacy format's missing checksum is said.
+        assert!(s.notes.iter().any(|n| n.contains("no checksum")), "{:?}", s.notes);
+    }
+
+    /// An empty buffer panicked in min().
+    #[test]
+    fn an_empty_replay_buffer_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in forged(dir.path(), Some(vec![0, 1, 28, 28]), b"", b"") {
+            let out = dir.path().join("run");
+            let e = format!("{:#}", import_to(&path, &out, false).err().unwrap());
+            assert!(e.contains("`replay_buffer` has shape [0, 1, 28, 28]; expected [N, 1, H, W] with N ≥ 1"), "{e}");
+            assert!(!out.exists());
+        }
+    }
+
+    /// --out must be new or empty; what is there is left as it was.
+    #[test]
+    fn import_out_refuses_what_it_would_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = fixture("checkpoint.pt");
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join("notes.txt"), "my notes").unwrap();
+        let e = format!("{:#}", import_to(&file, &mine, false).err().unwrap());
+        assert!(e.contains("not empty, and not an earlier import of") && e.contains("nothing was written"), "{e}");
+        assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+        assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "my notes");
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&mine, &link).unwrap();
+        let e = format!("{:#}", import_to(&file, &link, false).err().unwrap());
+        assert!(e.contains("a symbolic link"), "{e}");
+
+        // An empty directory is used; the same file again is recognised by its SHA-256.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        import_to(&file, &empty, false).unwrap();
+        assert!(empty.join("imported.json").exists() && empty.join("checkpoints/best.safetensors").exists());
+        let e = format!("{:#}", import_to(&file, &empty, false).err().unwrap());
+        assert!(e.contains("already holds a run imported from this same file") && e.contains("SHA-256"), "{e}");
+        let e = format!("{:#}", import_to(&fixture("checkpoint-legacy.pt"), &empty, false).err().unwrap());
+        assert!(e.contains("already holds a run;"), "{e}");
+        // No staging directory is left beside any of them.
+        let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(left.iter().all(|n| !n.contains("importing")), "{left:?}");
+    }
 }

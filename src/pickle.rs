@@ -33,6 +33,10 @@ mod machine;
 mod tensors;
 #[cfg(feature = "torch")]
 mod write;
+/// Hostile files for the tests, shared with tests/hostile.rs.
+#[cfg(test)]
+#[path = "../tests/support/forge.rs"]
+pub(crate) mod forge;
 
 pub use archive::{file_kind, Budget, Contents, FileKind, Limits, DEFAULT_MAX_BYTES};
 pub use machine::{shorten, CodeUse, Dtype, MAX_DEPTH};

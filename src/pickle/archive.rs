@@ -387,12 +387,8 @@ fn key_name(m: &Machine, key: &Value) -> String {
 }
 
 #[cfg(test)]
-#[path = "../../tests/support/forge.rs"]
-mod forge;
-
-#[cfg(test)]
 mod tests {
-    use super::forge::{self, Pickle, Record};
+    use crate::pickle::forge::{self, Pickle, Record};
     use super::*;
 
     /// A legacy stream around `object`, no storages.
@@ -473,7 +469,7 @@ mod tests {
 
     #[test]
     fn honest_archives_read_in_both_formats_and_deflated() {
-        let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((vec![4, 1, 28, 28], forge::contiguous(&[4, 1, 28, 28]), 4 * 784)));
+        let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((vec![4, 1, 28, 28], forge::contiguous(&[4, 1, 28, 28]), 4 * 784)), b"");
         let zipped = forge::torch_zip(&pickle, &numels);
         for bytes in [zipped, forge::legacy(&pickle, &numels)] {
             let c = read_bytes(&bytes, &Limits::default()).unwrap();
@@ -494,7 +490,7 @@ mod tests {
     /// "capacity overflow" panic.
     #[test]
     fn declared_record_sizes_are_checked_not_trusted() {
-        let (pickle, numels) = forge::checkpoint_pickle(&state(), None);
+        let (pickle, numels) = forge::checkpoint_pickle(&state(), None, b"");
         assert_eq!(numels, [144, 10]);
         for declared in [1u64 << 62, (1 << 63) + 1] {
             let mut records = vec![Record { declared, ..Record::plain("archive/data.pkl", &pickle) }];
@@ -518,7 +514,7 @@ mod tests {
     /// read stops one byte past the declared size.
     #[test]
     fn compressed_records_inflate_no_further_than_declared() {
-        let (pickle, _) = forge::checkpoint_pickle(&state(), None);
+        let (pickle, _) = forge::checkpoint_pickle(&state(), None, b"");
         let bomb = vec![0u8; 64 << 20];
         let mut records = vec![Record::plain("archive/data.pkl", &pickle)];
         records.push(Record::deflated("archive/data/0", &bomb, 576));
@@ -535,7 +531,7 @@ mod tests {
         let e = err(&forge::zip(&lying), &Limits::default());
         assert!(e.contains("record archive/data.pkl holds more than the 1000 bytes it declares"), "{e}");
         // A storage claiming what the file cannot hold is refused before anything is read.
-        let (pickle, _) = forge::checkpoint_pickle(&[("w", vec![1 << 20, 1 << 10])], None);
+        let (pickle, _) = forge::checkpoint_pickle(&[("w", vec![1 << 20, 1 << 10])], None, b"");
         let records = [Record::plain("archive/data.pkl", &pickle), Record::deflated("archive/data/0", &[0; 1000], 4 << 30)];
         let e = err(&forge::zip(&records), &Limits::default());
         assert!(e.contains("storage 0 holds 1073741824 elements of F32") && e.contains("a file of this length can honestly hold"), "{e}");
@@ -546,7 +542,7 @@ mod tests {
     fn views_cost_their_elements_within_the_budget() {
         for (n, expect) in [(1_000_000_000_000i64, "replay_buffer of size [1000000000000, 3, 32, 32]"), (10_000, "replay_buffer of size [10000, 3, 32, 32]")] {
             let size = vec![n, 3, 32, 32];
-            let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((size, vec![0, 0, 0, 0], 1)));
+            let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((size, vec![0, 0, 0, 0], 1)), b"");
             for bytes in [forge::torch_zip(&pickle, &numels), forge::legacy(&pickle, &numels)] {
                 let e = err(&bytes, &Limits::default());
                 assert!(e.contains(expect) && e.contains("a file of this length can honestly hold"), "{e}");
@@ -554,7 +550,7 @@ mod tests {
         }
         // Within the budget it reads; with the cap set lower, the message says how to raise it.
         let size = vec![100, 1, 28, 28];
-        let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((size, vec![0, 0, 0, 0], 1)));
+        let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((size, vec![0, 0, 0, 0], 1)), b"");
         let bytes = forge::torch_zip(&pickle, &numels);
         assert!(read_bytes(&bytes, &Limits::default()).is_ok());
         let e = err(&bytes, &Limits { max_bytes: 100_000 });

@@ -88,8 +88,9 @@ pub fn contiguous(size: &[i64]) -> Vec<i64> {
 
 /// `{"model_state_dict": OrderedDict(state), "replay_buffer": buffer}` as torch.save pickles a
 /// checkpoint, each tensor with its own storage named by its index; `buffer` is (size, stride,
-/// storage numel). Returns the pickle and each storage's element count.
-pub fn checkpoint_pickle(state: &[(&str, Vec<i64>)], buffer: Option<(Vec<i64>, Vec<i64>, i64)>) -> (Vec<u8>, Vec<i64>) {
+/// storage numel); `more_state` is pickled (key, value) pairs put into the state dict after the
+/// tensors. Returns the pickle and each storage's element count.
+pub fn checkpoint_pickle(state: &[(&str, Vec<i64>)], buffer: Option<(Vec<i64>, Vec<i64>, i64)>, more_state: &[u8]) -> (Vec<u8>, Vec<i64>) {
     let mut p = Pickle::default();
     let mut numels = vec![];
     p.op(b"}(").str("model_state_dict").global("collections", "OrderedDict").op(b")R(");
@@ -98,7 +99,7 @@ pub fn checkpoint_pickle(state: &[(&str, Vec<i64>)], buffer: Option<(Vec<i64>, V
         p.str(name).tensor(&i.to_string(), numel, 0, size, &contiguous(size));
         numels.push(numel);
     }
-    p.op(b"u");
+    p.op(more_state).op(b"u");
     if let Some((size, stride, numel)) = buffer {
         p.str("replay_buffer").tensor(&numels.len().to_string(), numel, 0, &size, &stride);
         numels.push(numel);
