@@ -230,7 +230,7 @@ fn read_entries(path: &Path, limits: &pickle::Limits) -> Result<Entries> {
         );
         let mut out = vec![];
         for (name, view) in st.tensors() {
-            let t = Tensor::try_from(view).with_context(|| format!("{}: tensor `{}`", path.display(), pickle::shorten(&name, 200)))?;
+            let t = Tensor::try_from(view).with_context(|| format!("{}: tensor `{}`", path.display(), crate::text::shorten(&name, 200)))?;
             out.push((name, t));
         }
         // safetensors sorts nothing for us; the reference order is restored by the layout.
@@ -316,7 +316,7 @@ pub fn read_reference_within(path: &Path, limits: &pickle::Limits) -> Result<Ref
 }
 
 fn list(names: &[&str]) -> String {
-    listed(names.iter().map(|n| format!("`{}`", pickle::shorten(n, 200))).collect())
+    listed(names.iter().map(|n| format!("`{}`", crate::text::shorten(n, 200))).collect())
 }
 
 /// Items already written out, the first 12 of them joined.
@@ -431,7 +431,7 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
     let path = r.path.display();
     let (mut mapped, mut ignored, mut unknown) = (vec![], vec![], vec![]);
     let mut unknown_leaves: Vec<String> =
-        r.non_tensors.iter().map(|(k, what)| format!("`{}` (not a tensor but {what})", pickle::shorten(k, 200))).collect();
+        r.non_tensors.iter().map(|(k, what)| format!("`{}` (not a tensor but {what})", crate::text::shorten(k, 200))).collect();
     tch::no_grad(|| -> Result<()> {
         for (key, t) in &r.state {
             if let Some(why) = ignored_reason(key) {
@@ -460,7 +460,7 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
     let mut missing: Vec<&str> = expected.keys().map(String::as_str).filter(|k| !found.contains(k)).collect();
     missing.sort();
     if !unknown.is_empty() || !missing.is_empty() || !unknown_leaves.is_empty() {
-        let mut unknown: Vec<String> = unknown.iter().map(|k| format!("`{}`", pickle::shorten(k, 200))).collect();
+        let mut unknown: Vec<String> = unknown.iter().map(|k| format!("`{}`", crate::text::shorten(k, 200))).collect();
         unknown.append(&mut unknown_leaves);
         bail!(
             "{path}: does not match a {}: unknown key(s) {}; missing key(s) {}",
@@ -599,8 +599,8 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
         .code
         .iter()
         .map(|c| match c.calls {
-            0 => format!("`{}` (imported)", pickle::shorten(&c.name, 120)),
-            n => format!("`{}` (called {n} time(s))", pickle::shorten(&c.name, 120)),
+            0 => format!("`{}` (imported)", crate::text::shorten(&c.name, 120)),
+            n => format!("`{}` (called {n} time(s))", crate::text::shorten(&c.name, 120)),
         })
         .collect();
     if opts.strict && !code.is_empty() {
@@ -783,7 +783,7 @@ fn write_import(
         "settings_from": settings_from,
         "config": {"preset": preset, "data": cfg.data.dir.display().to_string(), "recipe": cfg.train.recipe},
         "mapping": mapped,
-        "ignored": bounded(ignored.iter().map(|(k, why)| json!({"key": pickle::shorten(k, 200), "why": why})).collect()),
+        "ignored": bounded(ignored.iter().map(|(k, why)| json!({"key": crate::text::shorten(k, 200), "why": why})).collect()),
         "replay_buffer": buffer_json,
         "notes": notes,
         "written": ["config.toml", "checkpoints/best.safetensors", "checkpoints/latest.safetensors"],
@@ -965,6 +965,18 @@ mod tests {
         }
         assert_eq!(reference_name("layer2.0.shortcut.weight"), "f.layer2.0.shortcut.0.weight");
         assert_eq!(reference_name("class_output.bias"), "class_output.bias");
+    }
+
+    /// The memory check of the settings (config.rs) counts what our network really holds.
+    #[test]
+    fn the_parameter_estimate_is_our_networks_count() {
+        for (depth, widen, norm, channels, classes) in [(10, 1, NormKind::Batch, 1, 10), (16, 2, NormKind::None, 3, 7), (22, 3, NormKind::Batch, 3, 100)] {
+            let m = ModelConfig { depth, widen, norm, bn_momentum: 0.9, slope: 0.2, dropout: 0.0 };
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = Wrn::new(&vs.root(), &m, channels, classes);
+            let n: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+            assert_eq!(m.parameters(channels as f64, classes as f64), n as f64, "WRN-{depth}-{widen} {norm:?}");
+        }
     }
 
     /// Import → export (both formats) → import gives the same network, bit for bit, and the

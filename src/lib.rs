@@ -52,4 +52,5 @@ pub mod run;
 pub mod sampler;
 #[cfg(feature = "torch")]
 pub mod shim;
+pub mod text;
 pub mod train;

@@ -39,7 +39,7 @@ mod write;
 pub(crate) mod forge;
 
 pub use archive::{file_kind, Budget, Contents, FileKind, Limits, DEFAULT_MAX_BYTES};
-pub use machine::{shorten, CodeUse, Dtype, MAX_DEPTH};
+pub use machine::{CodeUse, Dtype, MAX_DEPTH};
 #[cfg(feature = "torch")]
 pub use tensors::{load, load_tensors, Loaded};
 #[cfg(feature = "torch")]

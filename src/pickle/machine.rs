@@ -16,6 +16,7 @@
 //!   accepts is recorded ([`CodeUse`]): under `torch.load` with `weights_only=False` (the
 //!   default before PyTorch 2.6) importing and calling it would run code.
 use super::archive::Budget;
+pub use crate::text::shorten;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -213,14 +214,6 @@ impl Heap {
             Node::Tuple(items) | Node::List(items) => items.len(),
             Node::Dict(pairs) => pairs.len(),
         }
-    }
-}
-
-/// `s`, cut to `max` characters with an ellipsis: long strings from a file are echoed only so far.
-pub fn shorten(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_string(),
-        Some((cut, _)) => format!("{}… ({} bytes)", &s[..cut], s.len()),
     }
 }
 
@@ -937,12 +930,4 @@ mod tests {
         assert!(view("k".into(), s, 0, vec![2, 2], vec![1]).is_err());
     }
 
-    #[test]
-    fn long_strings_are_echoed_only_so_far() {
-        let long = "x".repeat(10_000);
-        let s = shorten(&long, 40);
-        assert!(s.len() < 70 && s.ends_with("(10000 bytes)"), "{s}");
-        assert_eq!(shorten("short", 40), "short");
-        assert_eq!(shorten("ééé", 2), "éé… (6 bytes)");
-    }
 }

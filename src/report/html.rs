@@ -109,7 +109,7 @@ impl Images {
     fn embed(&mut self, run: &RunDir, rel: &str, caption: &str) -> String {
         let refused = |why: String| {
             eprintln!("warning: {}: {rel}: not embedded in the report: {why}", run.root.display());
-            format!("<p class=\"missing\">not embedded: {}: {}</p>\n", escape(&crate::pickle::shorten(rel, 200)), escape(&why))
+            format!("<p class=\"missing\">not embedded: {}: {}</p>\n", escape(&crate::text::shorten(rel, 200)), escape(&why))
         };
         let bytes = match run.read_inside(rel, MAX_IMAGE.min(self.bytes_left)) {
             Ok(b) => b,
@@ -202,7 +202,7 @@ fn flatten(prefix: &str, v: &Value, rows: &mut Vec<Row>) {
             }
         }
         Value::Number(n) if n.is_f64() => rows.push((prefix.into(), format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)))),
-        other => rows.push((prefix.into(), crate::pickle::shorten(other.to_string().trim_matches('"'), 500))),
+        other => rows.push((prefix.into(), crate::text::shorten(other.to_string().trim_matches('"'), 500))),
     }
 }
 
@@ -299,8 +299,8 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
             if is_eval_plot(p) {
                 h += &images.embed(run, &format!("eval/{p}"), p);
             } else {
-                eprintln!("warning: {}: eval/{metric}.json lists the plot {:?}: not a plot sadajem eval writes; not embedded", run.root.display(), crate::pickle::shorten(p, 200));
-                let _ = writeln!(h, "<p class=\"missing\">not embedded: {}: not a plot sadajem eval writes</p>", escape(&crate::pickle::shorten(p, 200)));
+                eprintln!("warning: {}: eval/{metric}.json lists the plot {:?}: not a plot sadajem eval writes; not embedded", run.root.display(), crate::text::shorten(p, 200));
+                let _ = writeln!(h, "<p class=\"missing\">not embedded: {}: not a plot sadajem eval writes</p>", escape(&crate::text::shorten(p, 200)));
             }
         }
         h += "</div>\n";
