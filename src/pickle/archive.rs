@@ -40,8 +40,10 @@ pub const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
 /// 10,000-image replay buffer) takes 0.3 GB.
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 30;
 
-/// A `data.pkl` larger than this is refused: a state dict of 100,000 tensors pickles to ~10 MB.
-pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// A `data.pkl` larger than this is refused: WRN-28-10's checkpoint pickles to 30 kB, a state
+/// dict of 50,000 tensors to ~5 MB. (What the machine builds from a pickle is linear in its
+/// length, some tens of bytes per byte at worst: this bounds that too.)
+pub const MAX_PICKLE_BYTES: u64 = 16 << 20;
 
 /// More tensors than this in one file is refused: WRN-28-10 has 300, the largest models a few
 /// thousand.
@@ -170,7 +172,7 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Contents> {
             FileKind::TorchSaveZip => read_zip(path, budget),
             FileKind::TorchSaveLegacy => {
                 ensure!(len <= budget.bytes, "{}", budget.exceeded(format!("the file is {}", crate::memory::human(len as f64))));
-                let mut bytes = Vec::new();
+                let mut bytes = Vec::with_capacity(len as usize);
                 open_regular(path)?.take(len).read_to_end(&mut bytes)?;
                 read_legacy(&bytes, budget)
             }
@@ -210,7 +212,12 @@ fn read_record(zip: &mut zip::ZipArchive<File>, name: &str, size: RecordSize) ->
             declared
         }
     };
-    let mut bytes = Vec::new();
+    // A storage's size comes from the pickle, already within the budget: allocated once. Others
+    // (data.pkl, byteorder) grow as their bytes really arrive.
+    let mut bytes = match size {
+        RecordSize::Exact(n) => Vec::with_capacity(n as usize),
+        RecordSize::AtMost(_) => Vec::new(),
+    };
     entry.take(limit.saturating_add(1)).read_to_end(&mut bytes).with_context(|| format!("reading record {shown}"))?;
     let got = bytes.len() as u64;
     ensure!(got <= limit, "record {shown} holds more than the {limit} bytes it declares");
@@ -284,14 +291,23 @@ pub fn read_legacy(bytes: &[u8], budget: Budget) -> Result<Contents> {
         pos += len;
         storages.insert(key.to_string(), StorageData { dtype: s.dtype, numel: s.numel, bytes: data.to_vec() });
     }
+    if let Some((key, _)) = machine.storages.iter().find(|(k, _)| !storages.contains_key(&**k)) {
+        bail!("storage {} is used by the object but not stored in the file", machine::shorten(key, 40));
+    }
     let walked = walk(&machine, &value, object_len, budget, spent)?;
     Ok(Contents { kind: FileKind::TorchSaveLegacy, tensors: walked.tensors, leaves: walked.leaves, storages, code: machine.code, checksummed: false })
 }
 
 /// Runs the pickle that starts at `*pos` and moves `*pos` past it.
+/// Only the first [`MAX_PICKLE_BYTES`] are given to the machine, as for a zip's data.pkl.
 fn run_pickle<'a>(bytes: &'a [u8], pos: &mut usize, what: &str, budget: Budget) -> Result<(Value, Machine<'a>)> {
-    let mut machine = Machine::new(&bytes[*pos..], budget);
-    let value = machine.run().with_context(|| format!("in the {what} pickle"))?;
+    let rest = &bytes[*pos..];
+    let window = &rest[..rest.len().min(MAX_PICKLE_BYTES as usize)];
+    let mut machine = Machine::new(window, budget);
+    let value = machine.run().with_context(|| {
+        let cut = if window.len() < rest.len() { format!(" (of which only the first {MAX_PICKLE_BYTES} bytes are read)") } else { String::new() };
+        format!("in the {what} pickle{cut}")
+    })?;
     *pos += machine.pos;
     Ok((value, machine))
 }
