@@ -324,52 +324,89 @@ struct Walked {
 }
 
 /// Flattens the object into named tensors and leaves, depth first in the file's order. A loop
-/// with its own stack: no recursion, however the containers refer to each other.
-fn walk(m: &Machine, root: &Value, pickle_len: usize, budget: Budget, mut spent: u64) -> Result<Walked> {
-    // Each container is visited once in an honest file; a few times where tensors are shared
-    // (tied weights).
-    let mut visits_left = 4 * pickle_len as u64 + 1024;
-    let mut name_bytes_left = 4 * pickle_len as u64 + (1 << 20);
-    let mut out = Walked { tensors: Vec::new(), leaves: Vec::new() };
-    let mut stack: Vec<(Value, String, u32)> = vec![(root.clone(), String::new(), 0)];
-    while let Some((value, name, depth)) = stack.pop() {
-        visits_left = visits_left.checked_sub(1).ok_or_else(|| {
-            anyhow!(
-                "its objects refer to each other more often than a pickle of {pickle_len} bytes can honestly \
-                 describe (shared references multiplying: a \"billion laughs\" file)"
-            )
+/// over a stack of open containers (each with the index of its next item): no recursion, and no
+/// more held at once than the names on one path, however the containers refer to each other.
+fn walk(m: &Machine, root: &Value, pickle_len: usize, budget: Budget, spent: u64) -> Result<Walked> {
+    struct Open {
+        id: machine::Id,
+        next: usize,
+        name: String,
+        depth: u32,
+    }
+    let mut w = Walk {
+        m,
+        budget,
+        spent,
+        pickle_len,
+        // Each container is visited once in an honest file; a few times where tensors are
+        // shared (tied weights).
+        visits_left: 4 * pickle_len as u64 + 1024,
+        name_bytes_left: 4 * pickle_len as u64 + (1 << 20),
+        out: Walked { tensors: Vec::new(), leaves: Vec::new() },
+    };
+    let mut open: Vec<Open> = vec![];
+    if let Some(id) = w.visit(root, String::new())? {
+        open.push(Open { id, next: 0, name: String::new(), depth: 0 });
+    }
+    while let Some(top) = open.last_mut() {
+        let child = match m.heap.node(top.id) {
+            Node::Tuple(items) | Node::List(items) => items.get(top.next).map(|v| (top.next.to_string(), v)),
+            Node::Dict(items) => items.get(top.next).map(|(k, v)| (key_name(m, k), v)),
+        };
+        top.next += 1;
+        let Some((key, value)) = child else {
+            open.pop();
+            continue;
+        };
+        let name = if top.name.is_empty() { key } else { format!("{}.{key}", top.name) };
+        let depth = top.depth + 1;
+        w.name_bytes_left = w.name_bytes_left.checked_sub(name.len() as u64).ok_or_else(|| {
+            anyhow!("the names of its entries take more bytes than a pickle of {pickle_len} bytes can honestly make")
         })?;
         // Cycles, and containers filled after they were nested, end here.
         ensure!(depth <= MAX_DEPTH, "{}: nested more than {MAX_DEPTH} levels deep", machine::shorten(&name, 200));
-        let mut children: Vec<(String, Value)> = vec![];
-        match &value {
-            Value::Tensor(t) => {
-                ensure!(out.tensors.len() < MAX_TENSORS, "more than {MAX_TENSORS} tensors (shared references multiplying?)");
-                spent = charge(spent, t, &name, budget)?;
-                out.tensors.push((name, spec(t)));
-                continue;
-            }
-            Value::Tuple(id) | Value::List(id) | Value::Dict(id) => match m.heap.node(*id) {
-                Node::Tuple(items) | Node::List(items) => {
-                    children.extend(items.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())));
-                }
-                Node::Dict(items) => children.extend(items.iter().map(|(k, v)| (key_name(m, k), v.clone()))),
-            },
-            other => {
-                out.leaves.push((name, m.heap.describe(other)));
-                continue;
-            }
-        }
-        // Reversed, so that the stack pops them in the file's order.
-        for (key, child) in children.into_iter().rev() {
-            let child_name = if name.is_empty() { key } else { format!("{name}.{key}") };
-            name_bytes_left = name_bytes_left.checked_sub(child_name.len() as u64).ok_or_else(|| {
-                anyhow!("the names of its entries take more bytes than a pickle of {pickle_len} bytes can honestly make")
-            })?;
-            stack.push((child, child_name, depth + 1));
+        if let Some(id) = w.visit(value, name.clone())? {
+            open.push(Open { id, next: 0, name, depth });
         }
     }
-    Ok(out)
+    Ok(w.out)
+}
+
+/// What the walk has found and may still spend.
+struct Walk<'m, 'a> {
+    m: &'m Machine<'a>,
+    budget: Budget,
+    spent: u64,
+    pickle_len: usize,
+    visits_left: u64,
+    name_bytes_left: u64,
+    out: Walked,
+}
+
+impl Walk<'_, '_> {
+    /// Records a tensor or a leaf; returns a container's id, for the walk to open.
+    fn visit(&mut self, value: &Value, name: String) -> Result<Option<machine::Id>> {
+        self.visits_left = self.visits_left.checked_sub(1).ok_or_else(|| {
+            anyhow!(
+                "its objects refer to each other more often than a pickle of {} bytes can honestly \
+                 describe (shared references multiplying: a \"billion laughs\" file)",
+                self.pickle_len
+            )
+        })?;
+        match value {
+            Value::Tensor(t) => {
+                ensure!(self.out.tensors.len() < MAX_TENSORS, "more than {MAX_TENSORS} tensors (shared references multiplying?)");
+                self.spent = charge(self.spent, t, &name, self.budget)?;
+                self.out.tensors.push((name, spec(t)));
+                Ok(None)
+            }
+            Value::Tuple(id) | Value::List(id) | Value::Dict(id) => Ok(Some(*id)),
+            other => {
+                self.out.leaves.push((name, self.m.heap.describe(other)));
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Adds a tensor occurrence's bytes to what the file has spent; refuses past the budget.

@@ -372,6 +372,20 @@ impl<'a> Machine<'a> {
         Ok(self.stack.split_off(mark))
     }
 
+    /// Everything pushed since the last MARK, as (key, value) pairs: taken off the stack
+    /// directly, so a large SETITEMS is held twice at most, not three times.
+    fn pop_mark_pairs(&mut self) -> Result<Vec<(Value, Value)>> {
+        let mark = self.marks.pop().ok_or_else(|| anyhow!("no MARK to pop to"))?;
+        ensure!(mark <= self.stack.len(), "a MARK above the stack");
+        ensure!((self.stack.len() - mark).is_multiple_of(2), "an odd number of dict items");
+        let mut items = self.stack.drain(mark..);
+        let mut out = Vec::with_capacity(items.len() / 2);
+        while let (Some(k), Some(v)) = (items.next(), items.next()) {
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
     fn top(&self) -> Result<&Value> {
         self.stack.last().ok_or_else(|| anyhow!("the stack is empty"))
     }
@@ -506,8 +520,8 @@ impl<'a> Machine<'a> {
             }
             b'}' => Value::Dict(self.container(Node::Dict(Vec::new()))?),
             b'd' => {
-                let items = self.pop_mark()?;
-                Value::Dict(self.container(Node::Dict(pairs(items)?))?)
+                let items = self.pop_mark_pairs()?;
+                Value::Dict(self.container(Node::Dict(items))?)
             }
             b's' => {
                 let v = self.pop()?;
@@ -516,8 +530,8 @@ impl<'a> Machine<'a> {
                 return Ok(false);
             }
             b'u' => {
-                let items = self.pop_mark()?;
-                self.set_items(pairs(items)?)?;
+                let items = self.pop_mark_pairs()?;
+                self.set_items(items)?;
                 return Ok(false);
             }
             b'h' => {
@@ -607,7 +621,11 @@ impl<'a> Machine<'a> {
                 let inner = self.heap.deepest(items.iter());
                 self.heap.deepen(id, inner)?;
                 let Node::List(list) = &mut self.heap.nodes[id] else { unreachable!("a list id names a list") };
-                list.extend(items);
+                if list.is_empty() {
+                    *list = items; // no copy: the usual EMPTY_LIST, MARK, …, APPENDS
+                } else {
+                    list.extend(items);
+                }
             }
             Value::Object(_) => {} // e.g. a set or deque of a class we don't build
             other => bail!("APPEND to {}", self.heap.describe(&other)),
@@ -623,7 +641,11 @@ impl<'a> Machine<'a> {
                 let inner = self.heap.deepest(items.iter().flat_map(|(k, v)| [k, v]));
                 self.heap.deepen(id, inner)?;
                 let Node::Dict(dict) = &mut self.heap.nodes[id] else { unreachable!("a dict id names a dict") };
-                dict.extend(items);
+                if dict.is_empty() {
+                    *dict = items;
+                } else {
+                    dict.extend(items);
+                }
             }
             Value::Object(_) => {}
             other => bail!("SETITEM on {}", self.heap.describe(&other)),
@@ -774,16 +796,6 @@ fn int(le_bytes: &[u8]) -> Value {
     let mut buf = [if negative { 0xff } else { 0 }; 8];
     buf[..le_bytes.len()].copy_from_slice(le_bytes);
     Value::Int(i64::from_le_bytes(buf))
-}
-
-fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
-    ensure!(items.len().is_multiple_of(2), "an odd number of dict items");
-    let mut it = items.into_iter();
-    let mut out = Vec::new();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        out.push((k, v));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
