@@ -25,6 +25,8 @@ pub enum ConfigError {
     NotFinite { key: String, value: f64 },
     #[error("{0}")]
     TooLarge(String),
+    #[error("unknown setting `{key}`: settings are SECTION.KEY, not {parts} dotted parts (sections: {sections})")]
+    DottedKey { key: String, parts: usize, sections: String },
 }
 
 /// The longest `--set` accepted: any real setting (a list of OOD sets, a path) is far shorter.
@@ -764,11 +766,8 @@ fn set_key(doc: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), C
     // (60,000 dotted parts overflowed the stack).
     let parts = key.split('.').count();
     if parts > 2 {
-        return Err(ConfigError::UnknownKey {
-            key: echo(key),
-            where_: format!("settings are SECTION.KEY, not {parts} dotted parts; sections"),
-            allowed: allowed_keys(doc.as_table().expect("the defaults are a table")),
-        });
+        let sections = allowed_keys(doc.as_table().expect("the defaults are a table"));
+        return Err(ConfigError::DottedKey { key: echo(key), parts, sections });
     }
     let mut layer = value;
     for part in key.rsplit('.') {

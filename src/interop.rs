@@ -561,7 +561,7 @@ fn check_out(out: &Path, file: &Path, sha256: &str) -> Result<()> {
     if earlier.as_deref() == Some(sha256) {
         bail!(
             "{shown}: already holds a run imported from this same file ({}, SHA-256 {sha256}); nothing to do: \
-             continue it with `sadajem train --resume {shown}` or choose another --out",
+             evaluate it with `sadajem eval --run-dir {shown}`, or choose another --out",
             file.display()
         );
     }
@@ -716,6 +716,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
 
     let staging = staging_dir(opts.out)?;
     let written = write_import(&staging, opts, &r, &cfg, preset, &sha256, (vs, mapped, &ignored), buffer.as_ref(), buffer_json, &notes, &settings_from)
+        .with_context(|| format!("{}: the import failed while writing; nothing was left behind", opts.out.display()))
         .and_then(|arch| {
             std::fs::rename(&staging, opts.out)
                 .with_context(|| format!("{}: cannot move the imported run there from {}", opts.out.display(), staging.display()))?;

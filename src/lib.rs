@@ -26,9 +26,12 @@
 //! - [`interop`]: the authors' JEM / JEM++ / SADA-JEM checkpoints → runs (`sadajem import`) and
 //!   runs → their layout (`sadajem export`).
 //!
+//! - [`text`]: what a file or a user gave, echoed in messages only so far.
+//!
 //! Everything that needs libtorch sits behind the default `torch` feature; without it the crate
 //! is its file formats alone ([`config`], the [`data`] readers, checkpoint files, `torch.save`
-//! files ([`pickle::archive`]), [`run`] directories), which is what the fuzz targets in `fuzz/` build against.
+//! files ([`pickle::archive`]), [`run`] directories), which is what the fuzz targets in `fuzz/`
+//! build against.
 #[cfg(feature = "torch")]
 pub mod bench;
 pub mod config;

@@ -66,7 +66,8 @@ fn refused(r: &Ran, message: &str) {
     assert!(!r.out.contains("panicked"), "{}", r.out);
     assert!(r.out.len() < 20_000, "{} bytes of output", r.out.len());
     assert!(r.peak_rss_mb < RSS_LIMIT_MB, "peak RSS {:.0} MB: {}", r.peak_rss_mb, r.out);
-    eprintln!("{message:?}: exit 1, peak RSS {:.0} MB", r.peak_rss_mb);
+    let error = r.out.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    eprintln!("exit 1, peak RSS {:.0} MB: {error}", r.peak_rss_mb);
 }
 
 fn fixture(name: &str) -> PathBuf {
