@@ -35,7 +35,7 @@ test: setup
 	cargo test --no-fail-fast 2>&1
 	scripts/browser-test.sh target/test-artifacts/eval-run/report.html target/test-artifacts
 
-# Every fuzz target (fuzz/: dataset readers, checkpoint files, config) for FUZZ_SECONDS each from
+# Every fuzz target (fuzz/: dataset readers, checkpoint files, config, torch.save files) for FUZZ_SECONDS each from
 # its committed seeds; CI runs it after the tests. Installs cargo-fuzz once. No libtorch needed.
 FUZZ_SECONDS ?= 15
 fuzz-smoke:

@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 secs=${1:-15}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(idx cifar svhn folder_image checkpoint config)
+[ ${#targets[@]} -gt 0 ] || targets=(idx cifar svhn folder_image checkpoint config pickle)
 
 RUSTC_BOOTSTRAP=1 cargo fuzz build
 bin=target/x86_64-unknown-linux-gnu/release
@@ -24,7 +24,11 @@ failed=()
 for t in "${targets[@]}"; do
   mkdir -p "target/work/$t" "artifacts/$t"
   log="target/logs/$t.log"
-  "$bin/$t" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+  # The checkpoint reader promises a budget (64 MiB in the target, plus the input's length):
+  # no single allocation may exceed it, nor the process grow past a few times it.
+  extra=()
+  [ "$t" = pickle ] && extra=(-malloc_limit_mb=160 -rss_limit_mb=1024 -max_len=65536)
+  "$bin/$t" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "${extra[@]}" \
     -artifact_prefix="artifacts/$t/" "target/work/$t" "corpus/$t" >"$log" 2>&1 &
   pid=$!
   status=0

@@ -187,3 +187,61 @@ put("folder_image", "grey8.png", b"\x00\x1b" + png(w, h, 0, 8, [bytes((x * 20 + 
 put("folder_image", "rgba8.png", b"\x01\x07" + png(4, 4, 6, 8, [b"".join(bytes((x * 60, 0, 255, 128)) for x in range(4)) for _ in range(4)]))
 put("folder_image", "grey16.png", b"\x00\x03" + png(4, 3, 0, 16, [b"".join(struct.pack(">H", x * 9000) for x in range(4)) for _ in range(3)]))
 put("folder_image", "palette1.png", b"\x01\x0f" + png(16, 2, 3, 1, [b"\xaa\x55", b"\x55\xaa"], palette=b"\x00\x00\x00\xff\x80\x00"))
+
+
+# ---- pickle: torch.save files, zip and legacy (src/pickle/archive.rs) ----
+# The fixtures written by scripts/make-pickle-fixture.py, and small hand-written ones: a tiny
+# state dict in both formats, a deflated archive, a stride-0 view, shared references. None
+# runs code under torch.load.
+for name in ("checkpoint.pt", "checkpoint-legacy.pt"):
+    with open(os.path.join(ROOT, "tests/fixtures/pickle", name), "rb") as f:
+        put("pickle", name, f.read())
+
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def pstr(s):
+    return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+
+def pint(i):
+    return b"\x8a\x08" + struct.pack("<q", i)
+
+
+def ptensor(key, numel, offset, size, stride):
+    ints = lambda v: b"(" + b"".join(pint(i) for i in v) + b"t"
+    pid = b"((" + pstr("storage") + b"ctorch\nFloatStorage\n" + pstr(key) + pstr("cpu") + pint(numel) + b"tQ"
+    return (b"ctorch._utils\n_rebuild_tensor_v2\n" + pid + pint(offset) + ints(size) + ints(stride)
+            + b"\x89ccollections\nOrderedDict\n)Rt" + b"R")
+
+
+def legacy(obj, numels):
+    out = LEGACY_MAGIC + b"\x80\x02M\xe9\x03." + b"\x80\x02}q\x00X\x0d\x00\x00\x00little_endianq\x01\x88s." + obj
+    out += b"\x80\x02(" + b"".join(pstr(str(i)) for i in range(len(numels))) + b"l."
+    for n in numels:
+        out += struct.pack("<Q", n) + bytes(4 * n)
+    return out
+
+
+def torch_zip(obj, numels, method=0):
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED if method else zipfile.ZIP_STORED) as z:
+        for name, data in [("archive/data.pkl", obj), ("archive/byteorder", b"little")] + [
+            ("archive/data/%d" % i, bytes(4 * n)) for i, n in enumerate(numels)
+        ]:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if method else zipfile.ZIP_STORED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+state = (b"\x80\x02}(" + pstr("model_state_dict") + b"ccollections\nOrderedDict\n)R("
+         + pstr("w") + ptensor("0", 6, 0, [2, 3], [3, 1]) + pstr("b") + ptensor("1", 2, 0, [2], [1]) + b"u"
+         + pstr("replay_buffer") + ptensor("2", 1, 0, [3, 1, 2, 2], [0, 0, 0, 0]) + pstr("epoch") + b"K\x07u.")
+put("pickle", "state.pt", torch_zip(state, [6, 2, 1]))
+put("pickle", "state-deflated.pt", torch_zip(state, [6, 2, 1], method=8))
+put("pickle", "state-legacy.pt", legacy(state, [6, 2, 1]))
+shared = b"\x80\x02]q\x000" + b"".join(b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i]) + b"0" for i in range(1, 8)) + b"h\x07."
+put("pickle", "shared-legacy.pt", legacy(shared, []))

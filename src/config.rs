@@ -23,6 +23,27 @@ pub enum ConfigError {
     OutOfRange { key: &'static str, value: String, expected: &'static str },
     #[error("setting `{key}` = {value}: expected a finite number")]
     NotFinite { key: String, value: f64 },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("unknown setting `{key}`: settings are SECTION.KEY, not {parts} dotted parts (sections: {sections})")]
+    DottedKey { key: String, parts: usize, sections: String },
+}
+
+/// The longest `--set` accepted: any real setting (a list of OOD sets, a path) is far shorter.
+const MAX_OVERRIDE: usize = 64 << 10;
+/// The largest config file read: a full `config.toml` is 3 kB.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+/// Characters of a key, a value or a parser's message echoed in an error.
+const ECHOED: usize = 200;
+
+fn echo(s: &str) -> String {
+    crate::text::shorten(s, ECHOED)
+}
+
+/// A parser's message, each line cut: TOML's quote the offending line, serde's the value.
+fn echo_lines(message: &str) -> String {
+    let lines: Vec<String> = message.lines().take(20).map(echo).collect();
+    lines.join("\n")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -542,17 +563,28 @@ impl Config {
             merge_layer(&mut doc, parse(text, &format!("preset {name}"))?, "")?;
         }
         if let Some(path) = src.file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+            // A run directory's config.toml may come from anyone: a regular file, of a bounded size.
+            let bytes = crate::run::read_untrusted(path, MAX_CONFIG_FILE, true).map_err(|e| ConfigError::Read(path.into(), e))?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                ConfigError::Read(path.into(), std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+            })?;
             merge_layer(&mut doc, parse(&text, &path.display().to_string())?, "")?;
         }
         for o in src.overrides {
-            let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+            if o.len() > MAX_OVERRIDE {
+                return Err(ConfigError::TooLarge(format!(
+                    "`--set {}`: {} bytes, more than the {MAX_OVERRIDE} a setting may take",
+                    echo(o),
+                    o.len()
+                )));
+            }
+            let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(echo(o)))?;
             set_key(&mut doc, key.trim(), parse_value(value.trim()))?;
         }
         let source_name = "configuration".to_string();
         let cfg: Config = doc
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: e.to_string().trim().to_string() })?;
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: echo_lines(e.to_string().trim()) })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -576,7 +608,7 @@ impl Config {
             if ok {
                 Ok(())
             } else {
-                Err(ConfigError::OutOfRange { key, value: value.to_string(), expected })
+                Err(ConfigError::OutOfRange { key, value: echo(&value.to_string()), expected })
             }
         }
         check_finite(&toml::Value::try_from(self).expect("config serialises"), "")?;
@@ -668,7 +700,60 @@ impl Config {
         check(["train", "test", "train+test"].contains(&e.fid_reference.as_str()), "eval.fid_reference", &e.fid_reference, "expected train, test or train+test")?;
         check(e.fid_n >= 2, "eval.fid_n", e.fid_n, "expected ≥ 2")?;
         check(e.kid_subsets >= 1 && e.kid_subset_size >= 2, "eval.kid_subsets / eval.kid_subset_size", format!("{} / {}", e.kid_subsets, e.kid_subset_size), "expected ≥ 1 subset of ≥ 2")?;
-        Ok(())
+        self.check_memory()
+    }
+
+    /// What the settings make the process allocate, estimated — the network's weights (float32),
+    /// the replay buffer and one batch of images at the largest batch size — against the
+    /// physical memory, so that `model.widen = 100000` (a panic inside libtorch) or
+    /// `model.depth = 6000000004` (a segfault) is an error naming the settings before anything is
+    /// built. Activations and optimiser state come on top; this refuses only what cannot work.
+    fn check_memory(&self) -> Result<(), ConfigError> {
+        let (m, d, s, l) = (&self.model, &self.data, &self.sampler, &self.loss);
+        let params = m.parameters(d.channels as f64, 10.0);
+        let image = (d.channels * d.image_size * d.image_size) as f64 * 4.0;
+        let batch = [d.batch_size, d.eval_batch_size, s.batch_size, l.px_batch_size].into_iter().max().unwrap_or(1) as f64;
+        let (weights, buffer, inputs) = (4.0 * params, s.buffer_size as f64 * image, batch * image);
+        if crate::memory::fits(weights + buffer + inputs) {
+            return Ok(());
+        }
+        let human = crate::memory::human;
+        Err(ConfigError::TooLarge(format!(
+            "model.depth = {}, model.widen = {}, sampler.buffer_size = {}, largest batch {batch}: a WRN-{}-{} of about \
+             {params:.2e} parameters ({} of weights), a replay buffer of {} and batches of {} — more than this \
+             machine's {} of memory",
+            m.depth,
+            m.widen,
+            s.buffer_size,
+            m.depth,
+            m.widen,
+            human(weights),
+            human(buffer),
+            human(inputs),
+            human(crate::memory::physical_bytes() as f64)
+        )))
+    }
+}
+
+impl ModelConfig {
+    /// Parameters and batch-norm statistics of the Wide-ResNet these settings build
+    /// (src/model/wrn.rs), for `channels` inputs and `classes` outputs; a float, since absurd
+    /// settings overflow any integer.
+    pub fn parameters(&self, channels: f64, classes: f64) -> f64 {
+        let k = self.widen as f64;
+        let widths = [16.0, 16.0 * k, 32.0 * k, 64.0 * k];
+        let n = ((self.depth - 4) / 6).max(0) as f64;
+        let norm = |c: f64| if self.norm == NormKind::Batch { 4.0 * c } else { 0.0 };
+        let conv = |cin: f64, cout: f64, side: f64| side * side * cin * cout + cout;
+        let mut total = conv(channels, 16.0, 3.0);
+        for g in 1..=3 {
+            let (cin, cout) = (widths[g - 1], widths[g]);
+            let first = norm(cin) + conv(cin, cout, 3.0) + norm(cout) + conv(cout, cout, 3.0);
+            let shortcut = if g > 1 || self.widen != 1 { conv(cin, cout, 1.0) } else { 0.0 };
+            let rest = norm(cout) + conv(cout, cout, 3.0) + norm(cout) + conv(cout, cout, 3.0);
+            total += first + shortcut + (n - 1.0).max(0.0) * rest;
+        }
+        total + norm(widths[3]) + widths[3] * classes + classes
     }
 }
 
@@ -686,7 +771,7 @@ fn check_finite(value: &toml::Value, key: &str) -> Result<(), ConfigError> {
 fn parse(text: &str, source_name: &str) -> Result<toml::Value, ConfigError> {
     text.parse::<toml::Table>()
         .map(toml::Value::Table)
-        .map_err(|e| ConfigError::Syntax { source_name: source_name.into(), message: e.to_string() })
+        .map_err(|e| ConfigError::Syntax { source_name: source_name.into(), message: echo_lines(&e.to_string()) })
 }
 
 /// A `--set` value: any TOML value (`0.05`, `true`, `[30, 60]`, `"x"`), else a bare string.
@@ -709,8 +794,8 @@ fn merge_layer(doc: &mut toml::Value, layer: toml::Value, prefix: &str) -> Resul
         let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         match dst.get_mut(&k) {
             None => {
-                let where_ = if prefix.is_empty() { "sections".to_string() } else { format!("keys in [{prefix}]") };
-                return Err(ConfigError::UnknownKey { key, where_, allowed: allowed_keys(dst) });
+                let where_ = if prefix.is_empty() { "sections".to_string() } else { format!("keys in [{}]", echo(prefix)) };
+                return Err(ConfigError::UnknownKey { key: echo(&key), where_, allowed: allowed_keys(dst) });
             }
             Some(slot @ toml::Value::Table(_)) if v.is_table() => merge_layer(slot, v, &key)?,
             Some(slot) => *slot = v,
@@ -720,6 +805,13 @@ fn merge_layer(doc: &mut toml::Value, layer: toml::Value, prefix: &str) -> Resul
 }
 
 fn set_key(doc: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+    // Every setting is SECTION.KEY; a longer path names none, and nesting it would recurse
+    // (60,000 dotted parts overflowed the stack).
+    let parts = key.split('.').count();
+    if parts > 2 {
+        let sections = allowed_keys(doc.as_table().expect("the defaults are a table"));
+        return Err(ConfigError::DottedKey { key: echo(key), parts, sections });
+    }
     let mut layer = value;
     for part in key.rsplit('.') {
         let mut t = toml::Table::new();
@@ -868,5 +960,60 @@ mod tests {
         let p = dir.path().join("config.toml");
         std::fs::write(&p, c.to_toml()).unwrap();
         assert_eq!(Config::load(&p).unwrap(), c);
+    }
+
+    /// Hostile settings and files end in a named error of a bounded length: no stack overflow,
+    /// no panic, no megabytes of stderr.
+    #[test]
+    fn absurd_keys_values_and_files_are_named_errors_of_bounded_length() {
+        let key = vec!["a"; 30_000].join(".");
+        let e = with(&[&format!("{key}=1")]).unwrap_err().to_string();
+        assert!(e.contains("settings are SECTION.KEY, not 30000 dotted parts") && e.len() < 1000, "{}", &e[..e.len().min(2000)]);
+        let key = vec!["a"; 60_000].join(".");
+        let e = with(&[&format!("{key}=1")]).unwrap_err().to_string();
+        assert!(e.contains("120001 bytes, more than the 65536 a setting may take") && e.len() < 1000, "{}", &e[..e.len().min(2000)]);
+        let e = with(&["model.depth.x=1"]).unwrap_err().to_string();
+        assert!(e.contains("not 3 dotted parts"), "{e}");
+        let huge = format!("optim.lr={}", "9".repeat(10 << 20));
+        let e = with(&[&huge]).unwrap_err().to_string();
+        assert!(e.contains("more than the 65536 a setting may take") && e.len() < 1000, "{}", e.len());
+        // Within the length, a value that is not what the key takes is echoed only so far.
+        let long = format!("optim.lr=\"{}\"", "x".repeat(60_000));
+        let e = with(&[&long]).unwrap_err().to_string();
+        assert!(e.contains("optim.lr") && e.len() < 2000, "{}", e.len());
+        let nested = format!("optim.decay_epochs={}{}", "[".repeat(30_000), "]".repeat(30_000));
+        assert!(with(&[&nested]).unwrap_err().to_string().len() < 2000);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::from_sources(&Sources { file: Some(&file), ..Default::default() }).unwrap_err().to_string()
+        };
+        let e = load(&format!("[optim]\nlr = {}x\n", "1".repeat(900_000)));
+        assert!(e.contains("invalid TOML") && e.len() < 5000, "{}", e.len());
+        // The TOML parser itself limits dotted keys and nested arrays.
+        let e = load(&format!("{} = 1\n", vec!["a"; 60_000].join(".")));
+        assert!(e.contains("c.toml: invalid TOML") && e.contains("recursion limit") && e.len() < 5000, "{}", &e[..e.len().min(2000)]);
+        let e = load(&format!("x = {}{}\n", "[".repeat(100_000), "]".repeat(100_000)));
+        assert!(e.contains("invalid TOML") && e.len() < 5000, "{}", e.len());
+        let e = load(&"#".repeat(2 << 20));
+        assert!(e.contains("more than the 1048576 read"), "{e}");
+        let e = Config::load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+    }
+
+    /// model.widen = 100000 panicked inside libtorch, model.depth = 6000000004 segfaulted.
+    #[test]
+    fn models_that_cannot_fit_in_memory_are_refused_by_name() {
+        for kv in ["model.widen=100000", "model.depth=6000000004", "sampler.buffer_size=1000000000000", "data.batch_size=100000000000000"] {
+            let e = with(&[kv]).unwrap_err().to_string();
+            assert!(e.contains("more than this machine's") && e.contains("model.widen = "), "{kv}: {e}");
+        }
+        let e = with(&["model.widen=100000"]).unwrap_err().to_string();
+        assert!(e.contains("model.depth = 16, model.widen = 100000") && e.contains("WRN-16-100000 of about 1.71e15 parameters"), "{e}");
+        // WRN-28-10 with batch norm, as in the papers: 36.5 million parameters (with BN statistics).
+        let m = ModelConfig::default();
+        assert!((m.parameters(3.0, 10.0) - 36.5e6).abs() < 0.1e6, "{}", m.parameters(3.0, 10.0));
     }
 }

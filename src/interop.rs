@@ -181,26 +181,62 @@ pub struct ReferenceFile {
     pub arch: Arch,
     /// Which tensor told each part of the architecture.
     pub evidence: Value,
+    /// Entries of the state dict that are not tensors, with what they are: unknown keys.
+    pub non_tensors: Vec<(String, String)>,
+    /// Globals of the file's pickle that `torch.load(weights_only=False)` would have run.
+    pub code: Vec<pickle::CodeUse>,
+    /// Whether the tensor bytes were checked against a checksum (zip records: CRC-32).
+    pub checksummed: bool,
 }
 
-/// Every tensor of a `torch.save` file (either format) or a safetensors file.
-fn read_entries(path: &Path) -> Result<(Vec<(String, Tensor)>, &'static str)> {
+/// What a file held besides its tensors: other leaves, code, and whether its bytes carry a
+/// checksum.
+struct Entries {
+    tensors: Vec<(String, Tensor)>,
+    format: &'static str,
+    leaves: Vec<(String, String)>,
+    code: Vec<pickle::CodeUse>,
+    checksummed: bool,
+}
+
+/// Every tensor of a `torch.save` file (either format) or a safetensors file, within `limits`.
+fn read_entries(path: &Path, limits: &pickle::Limits) -> Result<Entries> {
     let mut head = [0u8; 9];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?;
+    ensure!(meta.is_file(), "{}: not a regular file", path.display());
+    let n = std::io::Read::read(&mut &file, &mut head).with_context(|| format!("{}: cannot read", path.display()))?;
     // safetensors: a little-endian header length, then the JSON header.
     if n == 9 && head[8] == b'{' {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let budget = pickle::Budget::for_file(meta.len(), limits);
+        ensure!(
+            meta.len() <= budget.bytes,
+            "{}: a safetensors file of {}, more than the {} allowed (--max-tensor-bytes raises it)",
+            path.display(),
+            crate::memory::human(meta.len() as f64),
+            crate::memory::human(budget.bytes as f64)
+        );
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&file, meta.len()), &mut bytes)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        bytes.splice(0..0, head);
         let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a readable safetensors file: {e:?}", path.display()))?;
+        ensure!(
+            st.len() <= pickle::archive::MAX_TENSORS,
+            "{}: {} tensors, more than the {} a model file is allowed",
+            path.display(),
+            st.len(),
+            pickle::archive::MAX_TENSORS
+        );
         let mut out = vec![];
         for (name, view) in st.tensors() {
-            let t = Tensor::try_from(view).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+            let t = Tensor::try_from(view).with_context(|| format!("{}: tensor `{}`", path.display(), crate::text::shorten(&name, 200)))?;
             out.push((name, t));
         }
         // safetensors sorts nothing for us; the reference order is restored by the layout.
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        return Ok((out, "safetensors"));
+        // safetensors carries no checksum either, but holds nothing but tensors.
+        return Ok(Entries { tensors: out, format: "safetensors", leaves: vec![], code: vec![], checksummed: false });
     }
     let format = match pickle::file_kind(path)? {
         pickle::FileKind::TorchSaveZip => "torch.save (zip, PyTorch >= 1.6)",
@@ -209,14 +245,30 @@ fn read_entries(path: &Path) -> Result<(Vec<(String, Tensor)>, &'static str)> {
             bail!("{}: a TorchScript module (torch.jit.save); expected a torch.save'd checkpoint or state dict", path.display())
         }
     };
-    Ok((pickle::load_tensors(path)?, format))
+    let loaded = pickle::load(path, limits)?;
+    Ok(Entries { tensors: loaded.tensors, format, leaves: loaded.leaves, code: loaded.code, checksummed: loaded.checksummed })
 }
 
 /// Reads a reference checkpoint (or bare state dict, or our own export) and tells its
 /// architecture from the tensor shapes.
 pub fn read_reference(path: &Path) -> Result<ReferenceFile> {
-    let (entries, format) = read_entries(path)?;
-    let wrapped = entries.iter().any(|(n, _)| n.starts_with("model_state_dict."));
+    read_reference_within(path, &pickle::Limits::default())
+}
+
+/// [`read_reference`] within `limits`.
+pub fn read_reference_within(path: &Path, limits: &pickle::Limits) -> Result<ReferenceFile> {
+    let Entries { tensors: entries, format, leaves, code, checksummed } = read_entries(path, limits)?;
+    let in_model = |n: &str| n.starts_with("model_state_dict.");
+    let wrapped = entries.iter().map(|(n, _)| n).chain(leaves.iter().map(|(n, _)| n)).any(|n| in_model(n));
+    // A state dict holds tensors only; anything else in it is a key no model has.
+    let non_tensors: Vec<(String, String)> = leaves
+        .into_iter()
+        .filter_map(|(n, what)| match n.strip_prefix("model_state_dict.") {
+            Some(key) => Some((key.to_string(), what)),
+            None if !wrapped && !n.is_empty() => Some((n, what)),
+            None => None,
+        })
+        .collect();
     let (mut state, mut buffer, mut ignored, mut notes) = (vec![], None, vec![], vec![]);
     for (name, t) in entries {
         if name == "replay_buffer" {
@@ -260,16 +312,21 @@ pub fn read_reference(path: &Path) -> Result<ReferenceFile> {
         ensure!(seen.insert(n.as_str()), "{}: `{n}` appears twice (with and without a prefix?)", path.display());
     }
     let (arch, evidence) = infer_arch(&state, path)?;
-    Ok(ReferenceFile { path: path.to_path_buf(), format, state, buffer, ignored, notes, arch, evidence })
+    Ok(ReferenceFile { path: path.to_path_buf(), format, state, buffer, ignored, notes, arch, evidence, non_tensors, code, checksummed })
 }
 
 fn list(names: &[&str]) -> String {
+    listed(names.iter().map(|n| format!("`{}`", crate::text::shorten(n, 200))).collect())
+}
+
+/// Items already written out, the first 12 of them joined.
+fn listed(items: Vec<String>) -> String {
     const SHOWN: usize = 12;
-    let mut s = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
-    if names.len() > SHOWN {
-        s += &format!(" and {} more", names.len() - SHOWN);
+    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        s += &format!(" and {} more", items.len() - SHOWN);
     }
-    if names.is_empty() {
+    if items.is_empty() {
         s = "none".into();
     }
     s
@@ -318,7 +375,12 @@ fn infer_arch(state: &[(String, Tensor)], path: &Path) -> Result<(Arch, Value)> 
         NormKind::None
     };
     let head = shape("class_output.weight", "the classifier head")?;
-    ensure!(head.len() == 2, "{}: `class_output.weight` has shape {head:?}; expected [classes, features]", path.display());
+    ensure!(
+        head.len() == 2 && head[0] >= 1 && head[1] == 64 * widen,
+        "{}: `class_output.weight` has shape {head:?}; expected [classes, {}] (64·widen features)",
+        path.display(),
+        64 * widen
+    );
     let arch = Arch { depth: 6 * n + 4, widen, norm, channels: conv1[1], classes: head[0] };
     let evidence = json!({
         "channels": format!("f.conv1.weight {conv1:?}: dimension 1"),
@@ -368,6 +430,8 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
         .collect();
     let path = r.path.display();
     let (mut mapped, mut ignored, mut unknown) = (vec![], vec![], vec![]);
+    let mut unknown_leaves: Vec<String> =
+        r.non_tensors.iter().map(|(k, what)| format!("`{}` (not a tensor but {what})", crate::text::shorten(k, 200))).collect();
     tch::no_grad(|| -> Result<()> {
         for (key, t) in &r.state {
             if let Some(why) = ignored_reason(key) {
@@ -387,7 +451,7 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
                     var.size()
                 );
             }
-            var.copy_(&t.to_kind(var.kind()));
+            var.f_copy_(&t.f_to_kind(var.kind())?).with_context(|| format!("{path}: copying `{key}`"))?;
             mapped.push(Mapped { from: key.clone(), to: format!("model.{ours}"), shape: t.size() });
         }
         Ok(())
@@ -395,11 +459,13 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
     let found: BTreeSet<&str> = r.state.iter().map(|(n, _)| n.as_str()).collect();
     let mut missing: Vec<&str> = expected.keys().map(String::as_str).filter(|k| !found.contains(k)).collect();
     missing.sort();
-    if !unknown.is_empty() || !missing.is_empty() {
+    if !unknown.is_empty() || !missing.is_empty() || !unknown_leaves.is_empty() {
+        let mut unknown: Vec<String> = unknown.iter().map(|k| format!("`{}`", crate::text::shorten(k, 200))).collect();
+        unknown.append(&mut unknown_leaves);
         bail!(
             "{path}: does not match a {}: unknown key(s) {}; missing key(s) {}",
             arch.describe(),
-            list(&unknown),
+            listed(unknown),
             list(&missing)
         );
     }
@@ -418,6 +484,10 @@ pub struct ImportOptions<'a> {
     pub preset: Option<&'a str>,
     /// `--set key=value`, applied last: over the preset and over what the file says.
     pub overrides: &'a [String],
+    /// Refuse a file whose pickle would run code under `torch.load` (`--strict`).
+    pub strict: bool,
+    /// What the file's tensors may take (`--max-tensor-bytes`).
+    pub limits: pickle::Limits,
 }
 
 /// What an import did, for the console.
@@ -429,15 +499,87 @@ pub struct ImportSummary {
     pub ignored: Vec<String>,
     pub buffer: Option<Vec<i64>>,
     pub notes: Vec<String>,
+    /// The globals that `torch.load(weights_only=False)` would have run, as shown.
+    pub code: Vec<String>,
 }
 
 /// The settings an export recorded next to its file (slope, momentum, dropout: not in the
 /// weights), if there is such a file.
 fn recorded_settings(file: &Path) -> Option<(PathBuf, Value)> {
     let sidecar = sidecar_path(file);
-    let text = std::fs::read_to_string(&sidecar).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
+    let bytes = crate::run::read_untrusted(&sidecar, SMALL_JSON, true).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
     Some((sidecar, v.get("architecture")?.clone()))
+}
+
+/// The most read of a JSON file beside a checkpoint or in a run directory (ours are a few kB).
+const SMALL_JSON: u64 = 16 << 20;
+
+/// Entries listed one by one in imported.json before the rest are only counted.
+const LISTED: usize = 100;
+
+/// The first [`LISTED`] of `items`, and how many more there are.
+fn bounded(items: Vec<Value>) -> Value {
+    let n = items.len();
+    if n <= LISTED {
+        return Value::Array(items);
+    }
+    let mut items: Vec<Value> = items.into_iter().take(LISTED).collect();
+    items.push(json!({"more": n - LISTED}));
+    Value::Array(items)
+}
+
+/// Lowercase hex SHA-256 of a file's contents: how an earlier import of the same file is
+/// recognised (imported.json's `source.sha256`), and what to compare with a published checksum.
+fn sha256_hex(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Refuses `out` unless it is absent or an empty directory; says which run it holds when it
+/// holds one, and whether that is an earlier import of this very file.
+fn check_out(out: &Path, file: &Path, sha256: &str) -> Result<()> {
+    let shown = out.display();
+    let meta = match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("--out {shown}: cannot look at it")),
+        Ok(m) => m,
+    };
+    ensure!(!meta.file_type().is_symlink(), "--out {shown}: a symbolic link; give the directory itself, or a new one");
+    ensure!(meta.is_dir(), "--out {shown}: exists and is not a directory");
+    let mut entries = std::fs::read_dir(out).with_context(|| format!("--out {shown}: cannot list"))?;
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let earlier = crate::run::read_untrusted(&out.join("imported.json"), SMALL_JSON, false)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["source"]["sha256"].as_str().map(str::to_owned));
+    if earlier.as_deref() == Some(sha256) {
+        bail!(
+            "{shown}: already holds a run imported from this same file ({}, SHA-256 {sha256}); nothing to do: \
+             evaluate it with `sadajem eval --run-dir {shown}`, or choose another --out",
+            file.display()
+        );
+    }
+    if out.join("config.toml").exists() {
+        bail!("{shown}: already holds a run; continue it with `sadajem train --resume {shown}` or choose another --out");
+    }
+    bail!("--out {shown}: not empty, and not an earlier import of {}; nothing was written: choose a new or empty directory", file.display())
+}
+
+/// A directory beside `out` that the run is written into, then renamed to `out`: a failed or
+/// killed import leaves no half-written run where the user asked for one.
+fn staging_dir(out: &Path) -> Result<PathBuf> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
+    let dir = parent.join(format!(".{name}.importing-{}", std::process::id()));
+    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+    std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    Ok(dir)
 }
 
 fn sidecar_path(file: &Path) -> PathBuf {
@@ -450,7 +592,24 @@ fn sidecar_path(file: &Path) -> PathBuf {
 /// RUN/config.toml, RUN/checkpoints/{best,latest}.safetensors and RUN/imported.json. Nothing is
 /// written unless all of that succeeds.
 pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
-    let r = read_reference(opts.file)?;
+    let sha256 = sha256_hex(opts.file)?;
+    check_out(opts.out, opts.file, &sha256)?;
+    let r = read_reference_within(opts.file, &opts.limits)?;
+    let code: Vec<String> = r
+        .code
+        .iter()
+        .map(|c| match c.calls {
+            0 => format!("`{}` (imported)", crate::text::shorten(&c.name, 120)),
+            n => format!("`{}` (called {n} time(s))", crate::text::shorten(&c.name, 120)),
+        })
+        .collect();
+    if opts.strict && !code.is_empty() {
+        bail!(
+            "{}: refused (--strict): its pickle would have run code under torch.load: {}; nothing was written",
+            opts.file.display(),
+            listed(code)
+        );
+    }
     let a = r.arch;
     let preset = opts.preset.unwrap_or(match a.norm {
         NormKind::Batch => "sadajem-cifar10",
@@ -516,13 +675,20 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
         test.num_classes
     );
     let mut notes = r.notes.clone();
+    if !r.checksummed {
+        notes.push(format!(
+            "the {} format carries no checksum of the tensor data: damage to the file would go unnoticed \
+             (torch.save's zip format has a CRC-32 per tensor, checked on reading)",
+            r.format
+        ));
+    }
     let buffer = match &r.buffer {
         None => None,
         Some(b) => {
             let size = b.size();
             ensure!(
-                size.len() == 4 && size[1] == a.channels,
-                "{}: `replay_buffer` has shape {size:?}; expected [N, {}, H, W]",
+                size.len() == 4 && size[0] >= 1 && size[1] == a.channels,
+                "{}: `replay_buffer` has shape {size:?}; expected [N, {}, H, W] with N ≥ 1",
                 opts.file.display(),
                 a.channels
             );
@@ -532,26 +698,76 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
                     size[2], size[3], test.height, test.width
                 ));
             }
-            Some(b.to_kind(Kind::Float).contiguous())
+            Some(b.f_to_kind(Kind::Float)?.f_contiguous()?)
         }
     };
-    let buffer_json = buffer.as_ref().map(|b| {
-        let (lo, hi) = (b.min().double_value(&[]), b.max().double_value(&[]));
-        if lo < -1.0 || hi > 1.0 {
-            notes.push(format!("the replay buffer reaches [{lo:.3}, {hi:.3}], beyond [-1, 1] (JEM's sampler does not clamp)"));
+    let buffer_json = match &buffer {
+        None => None,
+        Some(b) => {
+            let (lo, hi) = (b.f_min()?.f_double_value(&[])?, b.f_max()?.f_double_value(&[])?);
+            if lo < -1.0 || hi > 1.0 {
+                notes.push(format!("the replay buffer reaches [{lo:.3}, {hi:.3}], beyond [-1, 1] (JEM's sampler does not clamp)"));
+            }
+            Some(json!({"from": "replay_buffer", "to": "sampler.buffer", "shape": b.size(), "min": lo, "max": hi}))
         }
-        json!({"from": "replay_buffer", "to": "sampler.buffer", "shape": b.size(), "min": lo, "max": hi})
-    });
+    };
+    let mut ignored = ignored;
+    ignored.extend(r.code.iter().map(|c| (c.name.to_string(), "ignored: would have run code under torch.load".to_string())));
 
-    let run = RunDir::create(opts.out)?;
+    let staging = staging_dir(opts.out)?;
+    let written = write_import(&staging, opts, &r, &cfg, preset, &sha256, (vs, mapped, &ignored), buffer.as_ref(), buffer_json, &notes, &settings_from)
+        .with_context(|| format!("{}: the import failed while writing; nothing was left behind", opts.out.display()))
+        .and_then(|arch| {
+            std::fs::rename(&staging, opts.out)
+                .with_context(|| format!("{}: cannot move the imported run there from {}", opts.out.display(), staging.display()))?;
+            Ok(arch)
+        });
+    let (arch, mapped) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    Ok(ImportSummary {
+        arch,
+        format: r.format,
+        preset: preset.to_string(),
+        mapped,
+        ignored: ignored.into_iter().map(|(k, _)| k).collect(),
+        buffer: buffer.map(|b| b.size()),
+        notes,
+        code,
+    })
+}
+
+/// Writes the imported run into `dir`: config.toml, checkpoints/{best,latest}.safetensors,
+/// imported.json. Returns the architecture and the number of tensors mapped.
+#[allow(clippy::too_many_arguments)]
+fn write_import(
+    dir: &Path,
+    opts: &ImportOptions,
+    r: &ReferenceFile,
+    cfg: &Config,
+    preset: &str,
+    sha256: &str,
+    (vs, mapped, ignored): (nn::VarStore, Vec<Mapped>, &[(String, String)]),
+    buffer: Option<&Tensor>,
+    buffer_json: Option<Value>,
+    notes: &[String],
+    settings_from: &str,
+) -> Result<(Arch, usize)> {
+    let a = r.arch;
+    let run = RunDir::create(dir)?;
     checkpoint::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
     let source = json!({
         "file": std::fs::canonicalize(opts.file).unwrap_or_else(|_| opts.file.to_path_buf()).display().to_string(),
         "format": r.format,
+        "sha256": sha256,
     });
     let arch = Arch { depth: cfg.model.depth, widen: cfg.model.widen, norm: cfg.model.norm, ..a };
     let mut tensors = checkpoint::model_tensors(&vs, "model.");
-    if let Some(b) = &buffer {
+    if let Some(b) = buffer {
         tensors.push(("sampler.buffer".into(), b.shallow_clone()));
     }
     let meta = json!({"imported": {"source": source, "architecture": arch, "by": format!("sadajem {} import", env!("CARGO_PKG_VERSION"))}});
@@ -568,21 +784,13 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
         "settings_from": settings_from,
         "config": {"preset": preset, "data": cfg.data.dir.display().to_string(), "recipe": cfg.train.recipe},
         "mapping": mapped,
-        "ignored": ignored.iter().map(|(k, why)| json!({"key": k, "why": why})).collect::<Vec<_>>(),
+        "ignored": bounded(ignored.iter().map(|(k, why)| json!({"key": crate::text::shorten(k, 200), "why": why})).collect()),
         "replay_buffer": buffer_json,
         "notes": notes,
         "written": ["config.toml", "checkpoints/best.safetensors", "checkpoints/latest.safetensors"],
     });
     run.write_json(&run.root.join("imported.json"), &record)?;
-    Ok(ImportSummary {
-        arch,
-        format: r.format,
-        preset: preset.to_string(),
-        mapped: mapped.len(),
-        ignored: ignored.into_iter().map(|(k, _)| k).collect(),
-        buffer: buffer.map(|b| b.size()),
-        notes,
-    })
+    Ok((arch, mapped.len()))
 }
 
 /// What `sadajem export` is asked to do.
@@ -760,6 +968,18 @@ mod tests {
         assert_eq!(reference_name("class_output.bias"), "class_output.bias");
     }
 
+    /// The memory check of the settings (config.rs) counts what our network really holds.
+    #[test]
+    fn the_parameter_estimate_is_our_networks_count() {
+        for (depth, widen, norm, channels, classes) in [(10, 1, NormKind::Batch, 1, 10), (16, 2, NormKind::None, 3, 7), (22, 3, NormKind::Batch, 3, 100)] {
+            let m = ModelConfig { depth, widen, norm, bn_momentum: 0.9, slope: 0.2, dropout: 0.0 };
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = Wrn::new(&vs.root(), &m, channels, classes);
+            let n: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+            assert_eq!(m.parameters(channels as f64, classes as f64), n as f64, "WRN-{depth}-{widen} {norm:?}");
+        }
+    }
+
     /// Import → export (both formats) → import gives the same network, bit for bit, and the
     /// settings the weights don't hold come back from FILE.json.
     #[test]
@@ -768,7 +988,7 @@ mod tests {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
         let run = dir.path().join("run");
         let slope = ["model.slope=0.1".to_string()];
-        let opts = ImportOptions { file: &fixture("checkpoint.pt"), out: &run, data: Some(&data), preset: None, overrides: &slope };
+        let opts = ImportOptions { file: &fixture("checkpoint.pt"), out: &run, data: Some(&data), preset: None, overrides: &slope, strict: false, limits: Default::default() };
         let s = import(&opts).unwrap();
         assert_eq!((s.mapped, s.buffer.clone(), s.preset.as_str()), (48, Some(vec![16, 1, 28, 28]), "sadajem-cifar10"));
         let e = import(&opts).err().unwrap().to_string();
@@ -787,7 +1007,7 @@ mod tests {
             let (logits, b) = with_slope(&file);
             assert!(logits.equal(&original) && b.equal(&buffer), "{format:?}");
             let again = dir.path().join(format!("again-{format:?}"));
-            let opts = ImportOptions { file: &file, out: &again, data: Some(&data), preset: None, overrides: &[] };
+            let opts = ImportOptions { file: &file, out: &again, data: Some(&data), preset: None, overrides: &[], strict: false, limits: Default::default() };
             import(&opts).unwrap();
             let cfg = Config::load(&again.join("config.toml")).unwrap();
             assert_eq!(cfg.model.slope, 0.1, "{format:?}: the slope comes back from {}", about.display());
@@ -873,5 +1093,107 @@ mod tests {
 
         let e = format!("{:#}", read_reference(&saved(dir.path(), vec![("w".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))])).err().unwrap());
         assert!(e.contains("cannot tell the architecture") && e.contains("`f.conv1.weight`"), "{e}");
+    }
+
+    /// The reference fixture's state dict (values zeroed) forged byte by byte, with
+    /// `more_state` pickled into it, a replay buffer of `buffer`'s shape, and `before` run (and
+    /// its result dropped) ahead of the checkpoint dict; both torch.save formats.
+    fn forged(dir: &Path, buffer: Option<Vec<i64>>, more_state: &[u8], before: &[u8]) -> [PathBuf; 2] {
+        use crate::pickle::forge;
+        let shapes: Vec<(String, Vec<i64>)> = fixture_state().iter().map(|(n, t)| (n.clone(), t.size())).collect();
+        let shapes: Vec<(&str, Vec<i64>)> = shapes.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+        let buffer = buffer.map(|b| (b.clone(), forge::contiguous(&b), b.iter().product()));
+        let (pickle, numels) = forge::checkpoint_pickle(&shapes, buffer, more_state);
+        let pickle = [&pickle[..2], before, &pickle[2..]].concat();
+        let paths = [dir.join("forged.pt"), dir.join("forged-legacy.pt")];
+        std::fs::write(&paths[0], forge::torch_zip(&pickle, &numels)).unwrap();
+        std::fs::write(&paths[1], forge::legacy(&pickle, &numels)).unwrap();
+        paths
+    }
+
+    fn import_to(file: &Path, out: &Path, strict: bool) -> Result<ImportSummary> {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+        import(&ImportOptions { file, out, data: Some(&data), preset: None, overrides: &[], strict, limits: Default::default() })
+    }
+
+    #[test]
+    fn non_tensor_entries_of_the_state_dict_are_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra = crate::pickle::forge::Pickle(vec![]);
+        extra.str("f.extra").op(b"K\x05").str("f.hook").global("evil", "Hook").op(b")\x81");
+        for path in forged(dir.path(), None, &extra.0, b"") {
+            let r = read_reference(&path).unwrap();
+            let e = format!("{:#}", map_onto(&r, &model_config(&r.arch)).err().unwrap());
+            assert!(e.contains("unknown key(s) `f.extra` (not a tensor but 5), `f.hook` (not a tensor but a evil.Hook object)"), "{e}");
+        }
+        // Without them the forged file imports: the forgery is faithful.
+        let ok = forged(dir.path(), Some(vec![4, 1, 28, 28]), b"", b"");
+        assert_eq!(import_to(&ok[0], &dir.path().join("ok"), false).unwrap().mapped, 48);
+    }
+
+    /// What `torch.load(weights_only=False)` would run is named, kept out of the run, and
+    /// refused with --strict.
+    #[test]
+    fn code_in_the_pickle_is_reported_and_refused_when_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut payload = crate::pickle::forge::Pickle(vec![]);
+        payload.global("posix", "system").str("true").op(b"\x85R0");
+        let [zip, legacy] = forged(dir.path(), Some(vec![4, 1, 28, 28]), b"", &payload.0);
+        let out = dir.path().join("strict");
+        let e = format!("{:#}", import_to(&zip, &out, true).err().unwrap());
+        assert!(e.contains("refused (--strict)") && e.contains("`posix.system` (called 1 time(s))"), "{e}");
+        assert!(!out.exists(), "nothing written");
+        let out = dir.path().join("run");
+        let s = import_to(&legacy, &out, false).unwrap();
+        assert_eq!(s.code, ["`posix.system` (called 1 time(s))"]);
+        let record: Value = serde_json::from_str(&std::fs::read_to_string(out.join("imported.json")).unwrap()).unwrap();
+        let ignored = record["ignored"].as_array().unwrap();
+        assert!(ignored.iter().any(|i| i["key"] == "posix.system" && i["why"] == "ignored: would have run code under torch.load"), "{record}");
+        // The legacy format's missing checksum is said.
+        assert!(s.notes.iter().any(|n| n.contains("no checksum")), "{:?}", s.notes);
+    }
+
+    /// An empty buffer panicked in min().
+    #[test]
+    fn an_empty_replay_buffer_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in forged(dir.path(), Some(vec![0, 1, 28, 28]), b"", b"") {
+            let out = dir.path().join("run");
+            let e = format!("{:#}", import_to(&path, &out, false).err().unwrap());
+            assert!(e.contains("`replay_buffer` has shape [0, 1, 28, 28]; expected [N, 1, H, W] with N ≥ 1"), "{e}");
+            assert!(!out.exists());
+        }
+    }
+
+    /// --out must be new or empty; what is there is left as it was.
+    #[test]
+    fn import_out_refuses_what_it_would_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = fixture("checkpoint.pt");
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join("notes.txt"), "my notes").unwrap();
+        let e = format!("{:#}", import_to(&file, &mine, false).err().unwrap());
+        assert!(e.contains("not empty, and not an earlier import of") && e.contains("nothing was written"), "{e}");
+        assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+        assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "my notes");
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&mine, &link).unwrap();
+        let e = format!("{:#}", import_to(&file, &link, false).err().unwrap());
+        assert!(e.contains("a symbolic link"), "{e}");
+
+        // An empty directory is used; the same file again is recognised by its SHA-256.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        import_to(&file, &empty, false).unwrap();
+        assert!(empty.join("imported.json").exists() && empty.join("checkpoints/best.safetensors").exists());
+        let e = format!("{:#}", import_to(&file, &empty, false).err().unwrap());
+        assert!(e.contains("already holds a run imported from this same file") && e.contains("SHA-256"), "{e}");
+        let e = format!("{:#}", import_to(&fixture("checkpoint-legacy.pt"), &empty, false).err().unwrap());
+        assert!(e.contains("already holds a run;"), "{e}");
+        // No staging directory is left beside any of them.
+        let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(left.iter().all(|n| !n.contains("importing")), "{left:?}");
     }
 }

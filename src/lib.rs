@@ -22,14 +22,18 @@
 //! - [`bench`]: `sadajem bench`, the parts of a training iteration timed (and PyTorch's, with
 //!   `bench/reference_step.py`).
 //! - [`run`]: the run-directory layout every command reads and writes.
-//! - [`pickle`]: the `torch.save` file format without Python: its tensors read, nested dicts of
-//!   tensors written.
+//! - [`pickle`]: the `torch.save` file format without Python: its tensors read (within a memory
+//!   budget, whatever the file claims), nested dicts of tensors written.
+//! - [`memory`]: what this machine's memory allows, checked before large allocations.
 //! - [`interop`]: the authors' JEM / JEM++ / SADA-JEM checkpoints → runs (`sadajem import`) and
 //!   runs → their layout (`sadajem export`).
 //!
+//! - [`text`]: what a file or a user gave, echoed in messages only so far.
+//!
 //! Everything that needs libtorch sits behind the default `torch` feature; without it the crate
-//! is its file formats alone ([`config`], the [`data`] readers, checkpoint files, [`run`]
-//! directories), which is what the fuzz targets in `fuzz/` build against.
+//! is its file formats alone ([`config`], the [`data`] readers, checkpoint files, `torch.save`
+//! files ([`pickle::archive`]), [`run`] directories), which is what the fuzz targets in `fuzz/`
+//! build against.
 #[cfg(feature = "torch")]
 pub mod bench;
 pub mod config;
@@ -40,11 +44,11 @@ pub mod engine;
 pub mod eval;
 #[cfg(feature = "torch")]
 pub mod interop;
+pub mod memory;
 #[cfg(feature = "torch")]
 pub mod model;
 #[cfg(feature = "torch")]
 pub mod optim;
-#[cfg(feature = "torch")]
 pub mod pickle;
 #[cfg(feature = "torch")]
 pub mod report;
@@ -53,4 +57,5 @@ pub mod run;
 pub mod sampler;
 #[cfg(feature = "torch")]
 pub mod shim;
+pub mod text;
 pub mod train;

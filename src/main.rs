@@ -127,6 +127,14 @@ enum Command {
         /// Override a setting, including what the file says, e.g. `--set model.slope=0.1`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Refuse a file whose pickle would run code under torch.load (by default it is
+        /// imported, the code ignored and named).
+        #[arg(long)]
+        strict: bool,
+        /// The most the file's tensors may take in memory, e.g. 32G (default 8G; never more
+        /// than about four times the file's size).
+        #[arg(long, value_name = "SIZE")]
+        max_tensor_bytes: Option<sadajem::memory::ByteSize>,
     },
     /// Export a run's weights (and replay buffer) in the authors' layout, for their code or
     /// any PyTorch user; writes FILE and FILE.json (the architecture).
@@ -265,7 +273,8 @@ fn main() {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let text = format!("{e:#}");
+            let causes: Vec<String> = e.chain().map(|c| without_backtrace(&c.to_string())).collect();
+            let text = causes.join(": ");
             eprintln!("error: {}", engine::out_of_memory(&text, workload).unwrap_or(text));
             std::process::exit(1);
         }
@@ -282,6 +291,20 @@ fn main() {
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// A libtorch error as its message: the C++ exception text carries the call site and a frame
+/// list ("Exception raised from … (most recent call first): frame #0: …"), dozens of lines no
+/// user can act on. Other messages pass unchanged.
+fn without_backtrace(message: &str) -> String {
+    let mut kept = vec![];
+    for line in message.lines() {
+        if line.starts_with("Exception raised from ") || line.trim_start().starts_with("frame #") {
+            break;
+        }
+        kept.push(line);
+    }
+    kept.join("\n").trim_end().to_string()
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -399,10 +422,21 @@ fn run(cli: Cli) -> Result<()> {
             sadajem::report::grid::save_grid(&x, &out)?;
             println!("{n} samples ({}) → {}", class.map_or("unconditional".into(), |c| format!("class {c}")), out.display());
         }
-        Command::Import { file, out, data, preset, overrides } => {
+        Command::Import { file, out, data, preset, overrides, strict, max_tensor_bytes } => {
             engine::init(cli.threads.unwrap_or(0));
-            let opts = interop::ImportOptions { file: &file, out: &out, data: data.as_deref(), preset: preset.as_deref(), overrides: &overrides };
+            let limits = sadajem::pickle::Limits { max_bytes: max_tensor_bytes.map_or(sadajem::pickle::DEFAULT_MAX_BYTES, |b| b.0) };
+            let opts = interop::ImportOptions { file: &file, out: &out, data: data.as_deref(), preset: preset.as_deref(), overrides: &overrides, strict, limits };
             let s = interop::import(&opts)?;
+            if !s.code.is_empty() {
+                let shown: Vec<&str> = s.code.iter().take(12).map(String::as_str).collect();
+                let more = if s.code.len() > 12 { format!(" and {} more", s.code.len() - 12) } else { String::new() };
+                eprintln!(
+                    "warning: {}: ignored: would have run code under torch.load: {}{more}. Nothing of it ran here; \
+                     torch.load(weights_only=False) of this file would run it (--strict refuses such files)",
+                    file.display(),
+                    shown.join(", ")
+                );
+            }
             println!("{} ({}): {}, from the tensor shapes", file.display(), s.format, s.arch.describe());
             // The batch-norm counters are many and never matter; imported.json lists them all.
             let counters = s.ignored.iter().filter(|k| k.ends_with(".num_batches_tracked")).count();
@@ -410,7 +444,8 @@ fn run(cli: Cli) -> Result<()> {
             if counters > 0 {
                 ignored.push(format!("{counters} num_batches_tracked"));
             }
-            println!("{} tensors mapped; ignored: {}", s.mapped, if ignored.is_empty() { "none".into() } else { ignored.join(", ") });
+            let shown = if ignored.len() > 12 { format!("{} and {} more", ignored[..12].join(", "), ignored.len() - 12) } else { ignored.join(", ") };
+            println!("{} tensors mapped; ignored: {}", s.mapped, if ignored.is_empty() { "none".into() } else { shown });
             match &s.buffer {
                 Some(shape) => println!("replay buffer {shape:?} kept as sampler.buffer"),
                 None => println!("no replay buffer"),
@@ -560,4 +595,20 @@ fn default_run_dir(preset: Option<&str>) -> PathBuf {
     let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let stamp: String = time.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect();
     PathBuf::from("runs").join(format!("{}-{}", preset.unwrap_or("custom"), stamp.replace('T', "-")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_backtrace;
+
+    #[test]
+    fn libtorch_backtraces_are_cut_from_messages() {
+        let torch = "Internal torch error: shape '[2, 3]' is invalid for input of size 5\n\
+                     Exception raised from infer_size_impl at /pytorch/aten/src/ATen/InferSize.h:99 (most recent call first):\n\
+                     frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x9c (0x7f in libc10.so)\n\
+                     frame #1: <unknown function> + 0x1ad (0x7f in libtorch_cpu.so)\n";
+        assert_eq!(without_backtrace(torch), "Internal torch error: shape '[2, 3]' is invalid for input of size 5");
+        let ours = "x.pt: `class_output.bias` has shape [9]\nsecond line";
+        assert_eq!(without_backtrace(ours), ours);
+    }
 }

@@ -230,6 +230,84 @@ impl RunDir {
     }
 }
 
+/// Reads a file that someone other than the user may have put there (a run directory shared
+/// or downloaded, the JSON beside a downloaded checkpoint): only a regular file — a FIFO would
+/// block, `/dev/zero` never end — of at most `max` bytes, and, unless `follow_links`, not
+/// through a symbolic link (as its last component; [`RunDir::read_inside`] checks every one).
+pub fn read_untrusted(path: &Path, max: u64, follow_links: bool) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; it is then
+    // refused as not a regular file. (It changes nothing for a regular file.)
+    let flags = libc::O_NONBLOCK | if follow_links { 0 } else { libc::O_NOFOLLOW };
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(not_followed)?;
+    read_capped(file, max)
+}
+
+/// ELOOP from O_NOFOLLOW, said plainly.
+fn not_followed(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "a symbolic link, not followed")
+    } else {
+        e
+    }
+}
+
+/// An opened file's bytes if it is a regular file of at most `max` bytes.
+fn read_capped(file: std::fs::File, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(Error::new(ErrorKind::InvalidData, format!("{} bytes, more than the {max} read", meta.len())));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(ErrorKind::InvalidData, format!("grew past the {max} bytes read")));
+    }
+    Ok(bytes)
+}
+
+impl RunDir {
+    /// Reads `rel` (`eval/ood.json`, `samples/final.png`), a file this run directory holds, as
+    /// untrusted: a relative path of plain names (no `..`), no symbolic link anywhere below the
+    /// run directory — each directory is opened from the one above with O_NOFOLLOW, so nothing
+    /// swapped in meanwhile leads out — and then as [`read_untrusted`].
+    pub fn read_inside(&self, rel: &str, max: u64) -> std::io::Result<Vec<u8>> {
+        use std::io::{Error, ErrorKind};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let parts: Vec<&str> = rel.split('/').collect();
+        if parts.iter().any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0')) {
+            return Err(Error::new(ErrorKind::InvalidInput, "not a plain path inside the run directory"));
+        }
+        let mut dir = std::fs::File::open(&self.root)?;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let flags = libc::O_RDONLY
+                | libc::O_NOFOLLOW
+                | libc::O_CLOEXEC
+                | if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
+            let name = std::ffi::CString::new(*part).expect("no NUL, checked above");
+            // SAFETY: openat with a directory fd we hold open and a valid C string; the fd
+            // returned is owned by the File made from it.
+            let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+            if fd < 0 {
+                let e = Error::last_os_error();
+                return Err(if !last && e.raw_os_error() == Some(libc::ENOTDIR) {
+                    Error::new(ErrorKind::InvalidInput, format!("{part}/ is a symbolic link or not a directory"))
+                } else {
+                    not_followed(e)
+                });
+            }
+            // SAFETY: fd is a freshly opened descriptor nobody else owns.
+            dir = unsafe { std::fs::File::from_raw_fd(fd) };
+        }
+        read_capped(dir, max)
+    }
+}
+
 /// Whether both paths exist and name the same file.
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -343,5 +421,52 @@ mod tests {
         std::fs::write(run.config(), "").unwrap();
         let e = RunDir::create(dir.path()).unwrap_err().to_string();
         assert!(e.contains("--resume"), "{e}");
+    }
+
+    #[test]
+    fn untrusted_reads_take_regular_files_only_and_only_so_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.json");
+        std::fs::write(&file, "12345").unwrap();
+        assert_eq!(read_untrusted(&file, 5, false).unwrap(), b"12345");
+        let e = read_untrusted(&file, 4, false).unwrap_err().to_string();
+        assert!(e.contains("more than the 4 read"), "{e}");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(read_untrusted(&link, 5, false).unwrap_err().to_string().contains("symbolic link"));
+        assert_eq!(read_untrusted(&link, 5, true).unwrap(), b"12345");
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_untrusted(&fifo, 5, true).unwrap_err().to_string().contains("not a regular file"));
+        for dev in ["/dev/zero", "/dev/null"] {
+            assert!(read_untrusted(Path::new(dev), 5, true).unwrap_err().to_string().contains("not a regular file"));
+        }
+    }
+
+    #[test]
+    fn reads_inside_a_run_follow_no_link_and_leave_no_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(&dir.path().join("r")).unwrap();
+        std::fs::create_dir(run.root.join("eval")).unwrap();
+        std::fs::write(run.root.join("eval/a.json"), "{}").unwrap();
+        assert_eq!(run.read_inside("eval/a.json", 10).unwrap(), b"{}");
+        let outside = dir.path().join("secret.txt");
+        std::fs::write(&outside, "secret").unwrap();
+        std::os::unix::fs::symlink(&outside, run.root.join("eval/link.json")).unwrap();
+        let e = run.read_inside("eval/link.json", 10).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        // A directory that is a link to elsewhere.
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        std::fs::write(dir.path().join("elsewhere/a.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), run.root.join("samples")).unwrap();
+        let e = run.read_inside("samples/a.json", 10).unwrap_err().to_string();
+        assert!(e.contains("samples/ is a symbolic link"), "{e}");
+        for bad in ["../secret.txt", "/etc/passwd", "eval/../../secret.txt", "eval//a.json", "./config.toml"] {
+            let e = run.read_inside(bad, 10).unwrap_err().to_string();
+            assert!(e.contains("not a plain path"), "{bad}: {e}");
+        }
+        assert!(run.read_inside("eval/a.json", 1).unwrap_err().to_string().contains("more than the 1 read"));
     }
 }

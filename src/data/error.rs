@@ -81,6 +81,14 @@ pub enum DataError {
 
     #[error("invalid reader option: {0}")]
     BadOption(String),
+
+    /// A split (or a file read whole) that would not fit in memory.
+    #[error("{}: {detail}: more than this machine's {memory} of memory", path.display())]
+    TooLarge {
+        path: PathBuf,
+        detail: String,
+        memory: String,
+    },
 }
 
 fn one_of(names: &[String]) -> String {

@@ -143,7 +143,24 @@ pub fn load(dir: &Path, split: Split, opts: FolderOptions) -> Result<ImageSet, D
     }
 
     let image_len = opts.channels * opts.size * opts.size;
-    let mut images = Vec::with_capacity(files.len() * image_len);
+    // Checked before decoding anything: the allocation failing instead was an abort (SIGABRT).
+    let bytes = files.len() as f64 * image_len as f64;
+    let what = || {
+        format!(
+            "{} images at {}x{} with {} channel(s) take {bytes:.0} bytes",
+            files.len(),
+            opts.size,
+            opts.size,
+            opts.channels
+        )
+    };
+    super::check_fits(&root, bytes, what)?;
+    let mut images = Vec::new();
+    images.try_reserve_exact(files.len() * image_len).map_err(|_| DataError::TooLarge {
+        path: root.clone(),
+        detail: format!("{} (the allocation failed)", what()),
+        memory: crate::memory::human(crate::memory::physical_bytes() as f64),
+    })?;
     let mut labels = Vec::with_capacity(files.len());
     for (path, label) in &files {
         images.extend(decode(path, opts)?);
@@ -531,5 +548,20 @@ mod tests {
                 Err(DataError::BadOption(_))
             ));
         }
+    }
+
+    /// More images than memory holds at the asked size aborted (SIGABRT); now an error before
+    /// any is decoded. The files need not even be images: the count and size decide.
+    #[test]
+    fn a_split_that_cannot_fit_is_a_named_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let per_image = 3 * 4096 * 4096u64;
+        let n = crate::memory::physical_bytes() / per_image + 1;
+        for i in 0..n {
+            fs::write(tmp.path().join(format!("{i}.png")), b"").unwrap();
+        }
+        let opts = FolderOptions { channels: 3, size: 4096 };
+        let msg = load(tmp.path(), Split::Train, opts).unwrap_err().to_string();
+        assert!(msg.contains(&format!("{n} images at 4096x4096 with 3 channel(s)")) && msg.contains("more than this machine's"), "{msg}");
     }
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 use flate2::read::MultiGzDecoder;
 
 use super::{
-    file_len, find_file, inflated_size_possible, read_at_most, DataError, ImageSet, Split,
+    check_fits, file_len, find_file, inflated_size_possible, read_at_most, DataError, ImageSet,
+    Split, MAX_INFLATION,
 };
 
 const NUM_CLASSES: usize = 10;
@@ -176,7 +177,10 @@ fn read_idx(path: &Path, kind: Kind) -> Result<(Vec<usize>, Vec<u8>), DataError>
         if !inflated_size_possible(data_len, file_bytes) {
             return Err(DataError::implausible(
                 path,
-                format!("{claim}, more than a gzip file of {file_bytes} bytes can hold"),
+                format!(
+                    "{claim}, more than {MAX_INFLATION} times the gzip file's {file_bytes} bytes \
+                     (no image data set compresses that well)"
+                ),
             ));
         }
     } else if file_bytes.saturating_sub(header_len as u64) < data_len {
@@ -186,6 +190,7 @@ fn read_idx(path: &Path, kind: Kind) -> Result<(Vec<usize>, Vec<u8>), DataError>
         ));
     }
 
+    check_fits(path, data_len as f64, || claim.clone())?;
     // One byte more than promised tells "exactly right" from "trailing garbage".
     let data = read_at_most(&mut reader, data_len.saturating_add(1), path)?;
     let found = data.len() as u64;
@@ -470,5 +475,24 @@ mod tests {
         assert!(err_of(tmp.path()).contains("no images found"));
         fs::write(&images, idx_bytes(0x803, &[3, 0, 28], &[])).unwrap();
         assert!(err_of(tmp.path()).contains("at least 1"));
+    }
+
+    /// A gzip of 200 MB of zeros is 200 kB; believing its header cost memory to match.
+    #[test]
+    fn gzip_expansion_is_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (images, _) = write_tiny(tmp.path());
+        let n = 200_000_000 / 784;
+        let mut enc = GzEncoder::new(Vec::new(), Compression::best());
+        enc.write_all(&idx_bytes(0x803, &[n, 28, 28], &[])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(n as usize * 784) >> 20 {
+            enc.write_all(&zeros).unwrap();
+        }
+        fs::write(&images, enc.finish().unwrap()).unwrap();
+        let start = Instant::now();
+        let msg = err_of(tmp.path());
+        assert!(msg.contains("implausible header") && msg.contains("more than 100 times the gzip file's"), "{msg}");
+        assert!(start.elapsed().as_secs() < 5);
     }
 }

@@ -12,7 +12,8 @@ use std::path::Path;
 use flate2::read::ZlibDecoder;
 
 use super::{
-    find_file, inflated_size_possible, read_at_most, read_file, DataError, ImageSet, Split,
+    check_fits, find_file, inflated_size_possible, read_at_most, read_file, DataError, ImageSet,
+    Split, MAX_INFLATION,
 };
 
 const NUM_CLASSES: usize = 10;
@@ -255,12 +256,13 @@ fn inflate_matrix(
         return Err(DataError::implausible(
             path,
             format!(
-                "a compressed element claims a {len}-byte matrix, more than its {} compressed \
-                 bytes can hold",
+                "a compressed element claims a {len}-byte matrix, more than {MAX_INFLATION} times \
+                 its {} compressed bytes (no image data set compresses that well)",
                 compressed.len()
             ),
         ));
     }
+    check_fits(path, len as f64, || format!("a compressed matrix of {len} bytes"))?;
     let data = read_at_most(&mut decoder, len, path)?;
     if (data.len() as u64) < len {
         return Err(DataError::truncated(
@@ -887,5 +889,21 @@ mod tests {
             msg.contains("no such file; expected train_32x32.mat in"),
             "{msg}"
         );
+    }
+
+    /// 100 MB of zeros compress to ~100 kB; a matrix of them is refused before it is inflated
+    /// (1000-fold expansion had cost 2.2 GB from a 4 MB file).
+    #[test]
+    fn compressed_matrices_expand_only_so_far() {
+        let mw = MatWriter { endian: Endian::Little };
+        let n = 100_000_000 / 3072;
+        let x = mw.matrix("X", MX_UINT8, &[32, 32, 3, n as u32], MI_UINT8, &vec![0; n * 3072]);
+        let mut bytes = mw.header();
+        bytes.extend(mw.compressed(&x));
+        assert!(bytes.len() < 1_000_000, "{}", bytes.len());
+        let start = std::time::Instant::now();
+        let (msg, path) = err_of(&bytes);
+        assert!(msg.contains(&format!("{path}: implausible header")) && msg.contains("more than 100 times"), "{msg}");
+        assert!(start.elapsed().as_secs() < 5);
     }
 }

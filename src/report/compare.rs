@@ -40,10 +40,7 @@ pub fn robustness_plot(runs: &[RunDir], path: &Path) -> Result<()> {
     let curves: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
         .map(|run| {
-            let v: serde_json::Value = std::fs::read_to_string(run.root.join("eval/robustness.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
+            let v = html::read_json(run, "eval/robustness.json").unwrap_or_default();
             let points = v["norms"]["linf"]
                 .as_array()
                 .into_iter()

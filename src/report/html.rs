@@ -1,9 +1,15 @@
 //! `sadajem report`: one self-contained HTML page per run — config, training curves, sample
 //! grids over training, every evaluation result with its plots, timing. Images are embedded as
 //! data URIs, so the file opens anywhere without network access or the run directory.
+//!
+//! A run directory may be shared or downloaded, so everything is read as untrusted
+//! ([`RunDir::read_inside`]): only files inside it, no symbolic links, regular files only, each
+//! under a size cap. Only the images sadajem itself writes are embedded — eval's plots by their
+//! names, `samples/*.png`, the curves drawn here — and only PNGs, at most [`MAX_IMAGE`] each and
+//! [`MAX_PAGE_IMAGES`] in all; anything else is left out with a note on the page and a warning.
 use super::plots::{self, Series};
 use crate::run::RunDir;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::Value;
 use std::fmt::Write;
@@ -12,8 +18,20 @@ use std::path::{Path, PathBuf};
 /// One line of the summary table: what, and its value as shown.
 pub type Row = (String, String);
 
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+/// The most read of a JSON file of a run (ours are a few kB; metrics.jsonl of a long run a few MB).
+const MAX_JSON: u64 = 16 << 20;
+const MAX_METRICS: u64 = 256 << 20;
+const MAX_CONFIG: u64 = 1 << 20;
+/// The most embedded of one image (a plot is ~50 kB, a sample grid ~1 MB) ...
+pub const MAX_IMAGE: u64 = 8 << 20;
+/// ... and of all the page's images together.
+pub const MAX_PAGE_IMAGES: u64 = 64 << 20;
+/// Rows shown of one JSON file's table.
+const MAX_ROWS: usize = 2000;
+
+/// A JSON file of the run (`eval/accuracy.json`), if it is there and readable.
+pub(super) fn read_json(run: &RunDir, rel: &str) -> Option<Value> {
+    serde_json::from_slice(&run.read_inside(rel, MAX_JSON).ok()?).ok()
 }
 
 fn escape(s: &str) -> String {
@@ -30,11 +48,8 @@ fn num(v: &Value, digits: usize) -> Option<String> {
 
 /// The metrics.jsonl records.
 fn metrics(run: &RunDir) -> Vec<Value> {
-    std::fs::read_to_string(run.metrics())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    let bytes = run.read_inside("metrics.jsonl", MAX_METRICS).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// The headline numbers of a run: training and every evaluation JSON present. Shared by the
@@ -46,20 +61,19 @@ pub fn summary(run: &RunDir) -> Vec<Row> {
             rows.push((name, v));
         }
     };
-    let eval = run.root.join("eval");
-    let fin = read_json(&run.final_results()).unwrap_or(Value::Null);
-    let acc = read_json(&eval.join("accuracy.json")).unwrap_or(Value::Null);
+    let fin = read_json(run, "final.json").unwrap_or(Value::Null);
+    let acc = read_json(run, "eval/accuracy.json").unwrap_or(Value::Null);
     push("test accuracy".into(), pct(&acc["accuracy"]).or_else(|| pct(&fin["test_accuracy_best_checkpoint"])));
     push("test accuracy after SGLD refinement".into(), pct(&acc["accuracy_refined"]));
-    let cal = read_json(&eval.join("calibration.json")).unwrap_or(Value::Null);
+    let cal = read_json(run, "eval/calibration.json").unwrap_or(Value::Null);
     push("ECE".into(), pct(&cal["ece"]));
-    let ood = read_json(&eval.join("ood.json")).unwrap_or(Value::Null);
+    let ood = read_json(run, "eval/ood.json").unwrap_or(Value::Null);
     if let Some(sets) = ood["sets"].as_object() {
         for (name, set) in sets {
             push(format!("OOD AUROC log p(x), {name}"), num(&set["scores"]["log_px"]["auroc"], 3));
         }
     }
-    let rob = read_json(&eval.join("robustness.json")).unwrap_or(Value::Null);
+    let rob = read_json(run, "eval/robustness.json").unwrap_or(Value::Null);
     if let Some(norms) = rob["norms"].as_object() {
         for (norm, rows_) in norms {
             for r in rows_.as_array().into_iter().flatten().filter(|r| r["eps"].as_f64().is_some_and(|e| e > 0.0)) {
@@ -67,7 +81,7 @@ pub fn summary(run: &RunDir) -> Vec<Row> {
             }
         }
     }
-    let fid = read_json(&eval.join("fid.json")).unwrap_or(Value::Null);
+    let fid = read_json(run, "eval/fid.json").unwrap_or(Value::Null);
     if let Some(protocols) = fid["protocols"].as_object() {
         for (p, r) in protocols {
             push(format!("FID ({p})"), num(&r["fid"], 2));
@@ -75,7 +89,7 @@ pub fn summary(run: &RunDir) -> Vec<Row> {
             push(format!("Inception Score ({p})"), num(&r["inception_score"], 2));
         }
     }
-    let generation = read_json(&eval.join("generation.json")).unwrap_or(Value::Null);
+    let generation = read_json(run, "eval/generation.json").unwrap_or(Value::Null);
     push("mean LSE fresh samples / test".into(), match (num(&generation["mean_lse_samples"], 2), num(&generation["mean_lse_test"], 2)) {
         (Some(a), Some(b)) => Some(format!("{a} / {b}")),
         _ => None,
@@ -84,16 +98,52 @@ pub fn summary(run: &RunDir) -> Vec<Row> {
     rows
 }
 
-/// A `<img>` with the PNG at `path` inlined, or a note when it is missing.
-fn image(path: &Path, caption: &str) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => format!(
+/// What the page may still embed, and what it left out.
+struct Images {
+    bytes_left: u64,
+}
+
+impl Images {
+    /// A `<figure>` with the PNG `rel` of the run inlined, or a note saying why not: missing,
+    /// not a file sadajem writes there, a link, not a PNG, too large.
+    fn embed(&mut self, run: &RunDir, rel: &str, caption: &str) -> String {
+        let refused = |why: String| {
+            eprintln!("warning: {}: {rel}: not embedded in the report: {why}", run.root.display());
+            format!("<p class=\"missing\">not embedded: {}: {}</p>\n", escape(&crate::text::shorten(rel, 200)), escape(&why))
+        };
+        let bytes = match run.read_inside(rel, MAX_IMAGE.min(self.bytes_left)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return format!("<p class=\"missing\">missing: {}</p>\n", escape(&run.root.join(rel).display().to_string()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData && self.bytes_left < MAX_IMAGE => {
+                return refused(format!("the page already embeds its {} MiB of images ({e})", MAX_PAGE_IMAGES >> 20))
+            }
+            Err(e) => return refused(e.to_string()),
+        };
+        if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            return refused("not a PNG file".into());
+        }
+        self.bytes_left -= bytes.len() as u64;
+        format!(
             "<figure><img alt=\"{c}\" src=\"data:image/png;base64,{}\"><figcaption>{c}</figcaption></figure>\n",
             base64::engine::general_purpose::STANDARD.encode(bytes),
             c = escape(caption)
-        ),
-        Err(_) => format!("<p class=\"missing\">missing: {}</p>\n", escape(&path.display().to_string())),
+        )
     }
+}
+
+/// Whether `name`, listed under `plots` in an eval JSON, is one of the plots `sadajem eval`
+/// writes (src/eval/evaluate.rs): a file name in eval/, not a path.
+fn is_eval_plot(name: &str) -> bool {
+    let plain = !name.contains('/') && !name.starts_with('.') && name.ends_with(".png");
+    let known = name == "reliability.png" || ["ood_", "robustness_", "samples_"].iter().any(|p| name.starts_with(p));
+    plain && known
+}
+
+/// A file name in samples/ as the trainer writes them: `iter_NNNNNNN.png`, `final.png`.
+fn is_sample_grid(name: &str) -> bool {
+    name == "final.png" || name.strip_prefix("iter_").and_then(|n| n.strip_suffix(".png")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn table(rows: &[Row]) -> String {
@@ -104,8 +154,8 @@ fn table(rows: &[Row]) -> String {
     s + "</table>\n"
 }
 
-/// Training curves from metrics.jsonl as PNGs in `dir`; returns (file, caption) pairs.
-fn training_curves(records: &[Value], dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+/// Training curves from metrics.jsonl as PNGs in `dir`; returns (file name, caption) pairs.
+fn training_curves(records: &[Value], dir: &Path) -> Result<Vec<(String, String)>> {
     let train: Vec<&Value> = records.iter().filter(|r| r["kind"] == "train").collect();
     let valid: Vec<&Value> = records.iter().filter(|r| r["kind"] == "valid").collect();
     let series = |rs: &[&Value], key: &str| -> Vec<(f64, f64)> {
@@ -125,9 +175,9 @@ fn training_curves(records: &[Value], dir: &Path) -> Result<Vec<(PathBuf, String
             continue;
         }
         let s: Vec<Series> = lines.iter().map(|(n, p)| Series { name: n, points: p }).collect();
-        let file = dir.join(format!("curve_{name}.png"));
+        let file = format!("curve_{name}.png");
         let range = (name == "accuracy").then_some((0.0, 1.0));
-        plots::line_chart(&s, "iteration", y_label, &format!("Training: {y_label}"), range, &file)?;
+        plots::line_chart(&s, "iteration", y_label, &format!("Training: {y_label}"), range, &dir.join(&file))?;
         out.push((file, format!("{y_label} over training")));
     }
     Ok(out)
@@ -152,17 +202,35 @@ fn flatten(prefix: &str, v: &Value, rows: &mut Vec<Row>) {
             }
         }
         Value::Number(n) if n.is_f64() => rows.push((prefix.into(), format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)))),
-        other => rows.push((prefix.into(), other.to_string().trim_matches('"').to_string())),
+        other => rows.push((prefix.into(), crate::text::shorten(other.to_string().trim_matches('"'), 500))),
     }
+}
+
+/// [`flatten`], at most [`MAX_ROWS`] rows of it.
+fn rows_of(v: &Value) -> Vec<Row> {
+    let mut rows = vec![];
+    flatten("", v, &mut rows);
+    if rows.len() > MAX_ROWS {
+        let more = rows.len() - MAX_ROWS;
+        rows.truncate(MAX_ROWS);
+        rows.push(("…".into(), format!("{more} more values not shown")));
+    }
+    rows
 }
 
 /// Writes RUN/report.html (and the training-curve PNGs it embeds, in RUN/report/); returns its
 /// path.
 pub fn write(run: &RunDir) -> Result<PathBuf> {
     let name = run.root.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
-    let config = std::fs::read_to_string(run.config()).unwrap_or_default();
+    let config = String::from_utf8_lossy(&run.read_inside("config.toml", MAX_CONFIG).unwrap_or_default()).into_owned();
     let records = metrics(run);
-    let fin = read_json(&run.final_results());
+    let fin = read_json(run, "final.json");
+    let mut images = Images { bytes_left: MAX_PAGE_IMAGES };
+    // The curves are written into report/; a link there would have them written elsewhere.
+    let curves_dir = run.root.join("report");
+    if std::fs::symlink_metadata(&curves_dir).is_ok_and(|m| !m.is_dir()) {
+        bail!("{}: a symbolic link or a file; `sadajem report` writes its plots there: remove it", curves_dir.display());
+    }
     let mut h = String::new();
     let _ = write!(
         h,
@@ -177,8 +245,8 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
     if records.is_empty() {
         h += "<p class=\"missing\">no metrics.jsonl</p>\n";
     }
-    for (file, caption) in training_curves(&records, &run.root.join("report"))? {
-        h += &image(&file, &caption);
+    for (file, caption) in training_curves(&records, &curves_dir)? {
+        h += &images.embed(run, &format!("report/{file}"), &caption);
     }
     let epochs: Vec<Row> = records
         .iter()
@@ -190,48 +258,50 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
         h += &table(&epochs);
     }
     if let Some(f) = &fin {
-        let mut rows = vec![];
-        flatten("", f, &mut rows);
         h += "<h3>final.json</h3>\n";
-        h += &table(&rows);
+        h += &table(&rows_of(f));
     }
     h += "</section>\n";
 
     let samples = run.root.join("samples");
-    let mut grids: Vec<PathBuf> = std::fs::read_dir(&samples)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
+    // Listed only if it is a directory of the run (not a link to one elsewhere).
+    let listed = std::fs::symlink_metadata(&samples).is_ok_and(|m| m.is_dir());
+    let mut grids: Vec<String> = if listed { std::fs::read_dir(&samples).ok() } else { None }
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| is_sample_grid(n)).collect())
         .unwrap_or_default();
     // Iteration grids in order, the final one last.
-    grids.sort_by_key(|p| (p.file_stem().is_some_and(|s| s == "final"), p.clone()));
+    grids.sort_by_key(|n| (n == "final.png", n.clone()));
     if !grids.is_empty() {
         h += "<section id=\"samples\"><h2>Replay-buffer samples over training</h2>\n<div class=\"row\">\n";
         // At most 8 grids, evenly spread from the first to the last, so long runs stay readable.
         let shown = grids.len().min(8);
         let picks: Vec<usize> = (0..shown).map(|i| if shown == 1 { 0 } else { i * (grids.len() - 1) / (shown - 1) }).collect();
         for p in picks.iter().map(|&i| &grids[i]) {
-            let stem = p.file_stem().map_or(String::new(), |s| s.to_string_lossy().replace("iter_", "iteration "));
-            h += &image(p, &stem);
+            let stem = p.trim_end_matches(".png").replace("iter_", "iteration ");
+            h += &images.embed(run, &format!("samples/{p}"), &stem);
         }
         h += "</div></section>\n";
     }
 
     h += "<section id=\"evaluation\"><h2>Evaluation</h2>\n";
-    let eval = run.root.join("eval");
     let mut any = false;
     for metric in crate::eval::evaluate::METRICS {
-        let Some(v) = read_json(&eval.join(format!("{metric}.json"))) else { continue };
+        let Some(v) = read_json(run, &format!("eval/{metric}.json")) else { continue };
         any = true;
         let _ = writeln!(h, "<h3 id=\"eval-{metric}\">{metric}</h3>");
-        let mut rows = vec![];
-        flatten("", &v, &mut rows);
-        h += &table(&rows);
+        h += &table(&rows_of(&v));
         let mut pictures: Vec<String> = v["plots"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(String::from)).collect();
         if pictures.is_empty() && *metric == "calibration" {
             pictures.push("reliability.png".into());
         }
         h += "<div class=\"row\">\n";
-        for p in pictures {
-            h += &image(&eval.join(&p), &p);
+        for p in pictures.iter().take(100) {
+            if is_eval_plot(p) {
+                h += &images.embed(run, &format!("eval/{p}"), p);
+            } else {
+                eprintln!("warning: {}: eval/{metric}.json lists the plot {:?}: not a plot sadajem eval writes; not embedded", run.root.display(), crate::text::shorten(p, 200));
+                let _ = writeln!(h, "<p class=\"missing\">not embedded: {}: not a plot sadajem eval writes</p>", escape(&crate::text::shorten(p, 200)));
+            }
         }
         h += "</div>\n";
     }
@@ -249,7 +319,7 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
         timing.push(("training".into(), format!("{s:.0} s")));
     }
     for metric in crate::eval::evaluate::METRICS {
-        if let Some(s) = read_json(&eval.join(format!("{metric}.json"))).and_then(|v| v["seconds"].as_f64()) {
+        if let Some(s) = read_json(run, &format!("eval/{metric}.json")).and_then(|v| v["seconds"].as_f64()) {
             timing.push((format!("eval: {metric}"), format!("{s:.1} s")));
         }
     }
@@ -323,5 +393,47 @@ mod tests {
         std::fs::write(run.config(), "").unwrap();
         let html = std::fs::read_to_string(write(&run).unwrap()).unwrap();
         assert!(html.contains("sadajem eval --run-dir"), "{html}");
+    }
+
+    /// A run directory someone else wrote: plots listed by absolute and relative paths out of
+    /// it, links in samples/ to a secret, to /dev/zero and a FIFO, a text file named like a
+    /// plot. The page embeds none of them, says so, and is written at once.
+    #[test]
+    fn a_hostile_run_directory_embeds_nothing_from_outside() {
+        let (dir, run) = run_with_results();
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, "root:x:0:0:TOP-SECRET").unwrap();
+        let ood = r#"{"sets": {}, "plots": ["/etc/passwd", "../../secret.txt", "ood_mnist_log_px.png", "ood_text.png", "ood_link.png"]}"#;
+        std::fs::write(run.root.join("eval/ood.json"), ood).unwrap();
+        std::fs::write(run.root.join("eval/ood_text.png"), "TOP-SECRET as text").unwrap();
+        std::os::unix::fs::symlink(&secret, run.root.join("eval/ood_link.png")).unwrap();
+        let samples = run.root.join("samples");
+        std::fs::create_dir(&samples).unwrap();
+        std::os::unix::fs::symlink(&secret, samples.join("iter_0000001.png")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", samples.join("final.png")).unwrap();
+        let fifo = std::ffi::CString::new(samples.join("iter_0000002.png").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::write(samples.join("notes.png"), "not a grid name").unwrap();
+        let start = std::time::Instant::now();
+        let html = std::fs::read_to_string(write(&run).unwrap()).unwrap();
+        assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+        let b64 = base64::engine::general_purpose::STANDARD.encode("root:x:0:0:TOP-SECRET");
+        assert!(!html.contains("TOP-SECRET") && !html.contains(&b64[..16]), "the secret is in the page");
+        // The real plot is still there; each other one is named with why it was left out.
+        assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5);
+        for why in ["/etc/passwd: not a plot sadajem eval writes", "../../secret.txt: not a plot sadajem eval writes", "eval/ood_text.png: not a PNG file", "eval/ood_link.png: a symbolic link, not followed", "samples/iter_0000001.png: a symbolic link", "samples/iter_0000002.png: not a regular file", "samples/final.png: a symbolic link"] {
+            assert!(html.contains(&format!("not embedded: {}", escape(why))), "{why}");
+        }
+        assert!(!html.contains("notes.png"));
+        // eval/ itself a link to elsewhere: nothing read through it.
+        std::fs::rename(run.root.join("eval"), dir.path().join("eval-elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("eval-elsewhere"), run.root.join("eval")).unwrap();
+        let html = std::fs::read_to_string(write(&run).unwrap()).unwrap();
+        assert!(html.contains("no evaluation yet"), "eval/ through a link is not read");
+        // A report/ that is a link is refused: the curves would be written through it.
+        std::fs::remove_dir_all(run.root.join("report")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), run.root.join("report")).unwrap();
+        let e = write(&run).unwrap_err().to_string();
+        assert!(e.contains("report: a symbolic link or a file"), "{e}");
     }
 }

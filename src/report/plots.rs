@@ -2,9 +2,11 @@
 //!
 //! Every plot renders into an in-memory RGB buffer, its text drawn with ab_glyph from DejaVu
 //! Sans compiled in (the `dejavu` crate), so the output does not depend on the fonts a machine
-//! happens to have. Non-finite
-//! values are skipped and a zero-width range is widened; a plot left with nothing to draw still
-//! comes out, saying so, so that a report is never missing an image.
+//! happens to have. Non-finite values, and finite ones beyond ±[`MAX_PLOTTED`], are skipped, a
+//! zero-width range is widened, and every axis range is checked finite before plotters sees it
+//! (values spanning ±1e308 made the width infinite, on which plotters' tick placement never
+//! ends); a plot left with nothing to draw still comes out, saying so, so that a report is never
+//! missing an image.
 use ab_glyph::{point, Font, FontRef, Glyph, ScaleFont};
 use anyhow::{Context, Result};
 use image::ImageEncoder;
@@ -37,6 +39,13 @@ const PALETTE: [RGBColor; 10] = [
 /// Opacity of filled areas, low enough that overlapping histograms show through each other.
 const FILL_ALPHA: f64 = 0.3;
 const NO_DATA: &str = "no finite values to plot";
+/// Values of larger magnitude are not drawn, as non-finite ones are not: the width of any range
+/// of drawn values, padded, then stays finite.
+pub const MAX_PLOTTED: f64 = 1e300;
+
+fn plottable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= MAX_PLOTTED
+}
 
 type Area<'a> = DrawingArea<Canvas<'a>, Shift>;
 type Chart<'a, 'b> = ChartContext<'a, Canvas<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
@@ -56,7 +65,7 @@ pub struct Series<'a> {
 pub fn reliability_diagram(bins: &[ReliabilityBin], ece: f64, title: &str, path: &Path) -> Result<()> {
     let bins: Vec<&ReliabilityBin> = bins
         .iter()
-        .filter(|b| [b.lower, b.upper, b.confidence, b.accuracy].iter().all(|v| v.is_finite()) && b.upper > b.lower)
+        .filter(|b| [b.lower, b.upper, b.confidence, b.accuracy].iter().all(|&v| plottable(v)) && b.upper > b.lower)
         .collect();
     let (x0, x1) = bins.iter().fold((0.0f64, 1.0f64), |(lo, hi), b| (lo.min(b.lower), hi.max(b.upper)));
     let max_count = bins.iter().map(|b| b.count).max().unwrap_or(0).max(1) as f64;
@@ -92,7 +101,7 @@ pub fn reliability_diagram(bins: &[ReliabilityBin], ece: f64, title: &str, path:
 /// each normalised to a density so that sets of different sizes compare.
 pub fn histograms(sets: &[(&str, &[f64])], x_label: &str, title: &str, path: &Path) -> Result<()> {
     let finite: Vec<Vec<f64>> =
-        sets.iter().map(|(_, v)| v.iter().copied().filter(|v| v.is_finite()).collect()).collect();
+        sets.iter().map(|(_, v)| v.iter().copied().filter(|&v| plottable(v)).collect()).collect();
     let range = span(finite.iter().flatten().copied());
     let (lo, hi) = range.unwrap_or((0.0, 1.0));
     // √n bins for the largest set: fine enough to show shape, coarse enough not to be noise.
@@ -155,7 +164,7 @@ pub fn line_chart(
 ) -> Result<()> {
     let finite: Vec<Vec<(f64, f64)>> = series
         .iter()
-        .map(|s| s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect())
+        .map(|s| s.points.iter().copied().filter(|&(x, y)| plottable(x) && plottable(y)).collect())
         .collect();
     let xs = span(finite.iter().flatten().map(|p| p.0));
     let (x0, x1) = xs.map(|r| pad(r, 0.03)).unwrap_or((0.0, 1.0));
@@ -246,6 +255,7 @@ where
 
 /// Axes with labelled ticks and a light grid over the given ranges.
 fn axes<'a, 'b>(area: &'a Area<'b>, x: Range<f64>, y: Range<f64>, x_desc: &str, y_desc: &str) -> Result<Chart<'a, 'b>> {
+    let (x, y) = (drawable(x), drawable(y));
     let mut chart = ChartBuilder::on(area)
         .margin_top(8)
         .margin_left(8)
@@ -300,27 +310,34 @@ fn shorten(name: &str) -> String {
     if name.chars().count() <= MAX { name.to_string() } else { name.chars().take(MAX - 1).chain(['…']).collect() }
 }
 
-/// [min, max] of the finite values, None if there are none. A zero-width range is widened around
-/// its value, since an axis needs a width (one point, or all values equal).
+/// [min, max] of the plottable values, None if there are none. A zero-width range (one point,
+/// or all values equal, or a width below 1e-100 on which bins of histograms would divide by
+/// nothing) is widened around its value, since an axis needs a width.
 fn span(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (lo, hi) = values
-        .filter(|v| v.is_finite())
+        .filter(|&v| plottable(v))
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return None;
     }
-    if hi - lo > 1e-9 * lo.abs().max(hi.abs()) {
+    if hi - lo > 1e-9 * lo.abs().max(hi.abs()) && hi - lo > 1e-100 {
         return Some((lo, hi));
     }
     let mid = 0.5 * (lo + hi);
-    let half = if mid == 0.0 { 1.0 } else { 0.1 * mid.abs() };
+    let half = if mid == 0.0 { 1.0 } else { (0.1 * mid.abs()).max(1e-100) };
     Some((mid - half, mid + half))
+}
+
+/// `r` if plotters can draw an axis over it (finite ends and width, end after start), else [0, 1].
+fn drawable(r: Range<f64>) -> Range<f64> {
+    let ok = r.start.is_finite() && r.end.is_finite() && (r.end - r.start).is_finite() && r.end > r.start;
+    if ok { r } else { 0.0..1.0 }
 }
 
 /// The y axis of a line chart: the given range if it is one, widened to the data if they go
 /// beyond it (plotters would draw such points on the edge, misstating them), else the data's.
 fn y_axis(given: Option<(f64, f64)>, data: Option<(f64, f64)>) -> (f64, f64) {
-    let given = given.filter(|&(a, b)| a.is_finite() && b.is_finite() && a < b);
+    let given = given.filter(|&(a, b)| plottable(a) && plottable(b) && a < b);
     match (given, data) {
         (Some((a, b)), Some((lo, hi))) if lo < a || hi > b => pad((lo.min(a), hi.max(b)), 0.05),
         (Some(r), _) => r,
@@ -539,5 +556,43 @@ mod tests {
         let p = dir.path().join("missing/line.png");
         let e = line_chart(&[], "x", "y", "t", None, &p).unwrap_err();
         assert!(format!("{e:#}").contains("missing"), "{e:#}");
+    }
+
+    /// Finite values spanning ±1e308 made report and compare hang; these all finish, each in
+    /// its own thread under a deadline (a hang fails the test instead of stopping it).
+    #[test]
+    fn extreme_ranges_finish() {
+        let cases: Vec<Vec<f64>> = vec![
+            vec![-1e308, 1e308],
+            vec![f64::MAX, -f64::MAX, 0.0],
+            vec![1e300, -1e300],
+            vec![0.0, 5e-324],
+            vec![1e-320, 2e-320],
+            vec![1e-250, 2e-250, 3e-250],
+            vec![1e15, 1e15 + 0.25],
+            vec![-1e308],
+            vec![1.0, 1e308, f64::NAN],
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, v) in cases.iter().enumerate() {
+            let (tx, v, p) = (tx.clone(), v.clone(), dir.path().join(format!("{i}.png")));
+            std::thread::spawn(move || {
+                let points: Vec<(f64, f64)> = v.iter().enumerate().map(|(k, &y)| (y, k as f64)).collect();
+                let flipped: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (y, x)).collect();
+                let r = line_chart(&[Series { name: "a", points: &points }], "x", "y", "t", None, &p)
+                    .and_then(|_| line_chart(&[Series { name: "a", points: &flipped }], "x", "y", "t", Some((0.0, 1.0)), &p))
+                    .and_then(|_| histograms(&[("a", &v), ("b", &[0.0])], "x", "t", &p))
+                    .map(|_| image::open(&p).is_ok());
+                let _ = tx.send((i, r.map_err(|e| e.to_string())));
+            });
+        }
+        for _ in &cases {
+            let (i, r) = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a plot hung");
+            assert_eq!(r, Ok(true), "case {i}: {:?}", cases[i]);
+        }
+        assert_eq!(drawable(f64::NEG_INFINITY..1.0), 0.0..1.0);
+        assert_eq!(drawable(-f64::MAX..f64::MAX), 0.0..1.0);
+        assert_eq!(drawable(2.0..1.0), 0.0..1.0);
     }
 }

@@ -77,7 +77,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A fresh file, never one already there: a link planted at the temporary name (in a
+        // shared run directory) would otherwise have the bytes written wherever it points.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -241,6 +244,18 @@ mod tests {
     fn tiny() -> Vec<u8> {
         let t = RawTensor { dtype: Dtype::F32, shape: vec![2], data: [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect() };
         encode(&[("w".into(), t)], r#"{"iter":7}"#.into()).unwrap()
+    }
+
+    /// A link planted at the temporary name is replaced, not written through.
+    #[test]
+    fn atomic_writes_do_not_follow_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "mine").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(".report.html.tmp")).unwrap();
+        write_atomic(&dir.path().join("report.html"), b"page").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine");
+        assert_eq!(std::fs::read_to_string(dir.path().join("report.html")).unwrap(), "page");
     }
 
     #[test]
