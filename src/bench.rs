@@ -125,7 +125,7 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
     let set = match opts.synthetic {
         Some(0) => bail!("--synthetic 0: expected a number of images ≥ 1"),
         Some(n) => synthetic_set(cfg, n),
-        None => trainer::load_split(cfg, Split::Train)?,
+        None => crate::data::split::load_split(cfg, Split::Train)?,
     };
     let joint = cfg.train.recipe != Recipe::Softmax;
     crate::engine::seed_torch(cfg.train.seed);
@@ -140,14 +140,14 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
     });
 
     let d = &cfg.data;
-    let aug = Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise };
+    let aug = Augment::classification(cfg);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
     let mut order = (0..set.n).cycle();
     let mut next_batches = |rng: &mut ChaCha8Rng| -> (Batch, Tensor) {
         let idx: Vec<usize> = order.by_ref().take(d.batch_size).collect();
         let (x, y) = augment::batch(&set, &idx, &aug, rng);
         let lab = Batch { x: x.to_device(device), y: y.to_device(device) };
-        let x_data = match trainer::px_augment(cfg).filter(|_| joint) {
+        let x_data = match Augment::likelihood(cfg).filter(|_| joint) {
             Some(px_aug) => {
                 let idx: Vec<usize> = order.by_ref().take(cfg.loss.px_batch_size).collect();
                 augment::batch(&set, &idx, &px_aug, rng).0.to_device(device)

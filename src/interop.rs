@@ -18,9 +18,9 @@ use crate::config::{Config, ModelConfig, NormKind, Sources};
 use crate::data::Split;
 use crate::eval::evaluate;
 use crate::model::Wrn;
-use crate::pickle;
+use crate::store::pickle;
 use crate::run::RunDir;
-use crate::train::{checkpoint, trainer};
+use crate::store::checkpoint;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use safetensors::SafeTensors;
 use serde::Serialize;
@@ -662,7 +662,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
     let cfg = Config::from_sources(&Sources { preset: Some(preset), file: None, overrides: &sets })?;
 
     let OnOurs { vs, mapped, ignored, .. } = map_onto(&r, &cfg.model)?;
-    let test = trainer::load_split(&cfg, Split::Test)?;
+    let test = crate::data::split::load_split(&cfg, Split::Test)?;
     let data = cfg.data.dir.display();
     ensure!(
         test.channels as i64 == a.channels && test.num_classes as i64 == a.classes,
@@ -759,7 +759,7 @@ fn write_import(
 ) -> Result<(Arch, usize)> {
     let a = r.arch;
     let run = RunDir::create(dir)?;
-    checkpoint::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
+    crate::store::atomic::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
     let source = json!({
         "file": std::fs::canonicalize(opts.file).unwrap_or_else(|_| opts.file.to_path_buf()).display().to_string(),
         "format": r.format,
@@ -789,7 +789,7 @@ fn write_import(
         "notes": notes,
         "written": ["config.toml", "checkpoints/best.safetensors", "checkpoints/latest.safetensors"],
     });
-    run.write_json(&run.root.join("imported.json"), &record)?;
+    run.write_json(&run.imported(), &record)?;
     Ok((arch, mapped.len()))
 }
 
@@ -843,7 +843,7 @@ pub fn export(opts: &ExportOptions) -> Result<(PathBuf, PathBuf)> {
         Some(p) => p.to_path_buf(),
         None => {
             let stem = ckpt.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
-            run.root.join("export").join(format!("{stem}.{ext}"))
+            run.export_dir().join(format!("{stem}.{ext}"))
         }
     };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -1099,7 +1099,7 @@ mod tests {
     /// `more_state` pickled into it, a replay buffer of `buffer`'s shape, and `before` run (and
     /// its result dropped) ahead of the checkpoint dict; both torch.save formats.
     fn forged(dir: &Path, buffer: Option<Vec<i64>>, more_state: &[u8], before: &[u8]) -> [PathBuf; 2] {
-        use crate::pickle::forge;
+        use crate::store::pickle::forge;
         let shapes: Vec<(String, Vec<i64>)> = fixture_state().iter().map(|(n, t)| (n.clone(), t.size())).collect();
         let shapes: Vec<(&str, Vec<i64>)> = shapes.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
         let buffer = buffer.map(|b| (b.clone(), forge::contiguous(&b), b.iter().product()));
@@ -1119,7 +1119,7 @@ mod tests {
     #[test]
     fn non_tensor_entries_of_the_state_dict_are_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let mut extra = crate::pickle::forge::Pickle(vec![]);
+        let mut extra = crate::store::pickle::forge::Pickle(vec![]);
         extra.str("f.extra").op(b"K\x05").str("f.hook").global("evil", "Hook").op(b")\x81");
         for path in forged(dir.path(), None, &extra.0, b"") {
             let r = read_reference(&path).unwrap();
@@ -1136,7 +1136,7 @@ mod tests {
     #[test]
     fn code_in_the_pickle_is_reported_and_refused_when_strict() {
         let dir = tempfile::tempdir().unwrap();
-        let mut payload = crate::pickle::forge::Pickle(vec![]);
+        let mut payload = crate::store::pickle::forge::Pickle(vec![]);
         payload.global("posix", "system").str("true").op(b"\x85R0");
         let [zip, legacy] = forged(dir.path(), Some(vec![4, 1, 28, 28]), b"", &payload.0);
         let out = dir.path().join("strict");

@@ -49,7 +49,6 @@ pub mod memory;
 pub mod model;
 #[cfg(feature = "torch")]
 pub mod optim;
-pub mod pickle;
 #[cfg(feature = "torch")]
 pub mod report;
 pub mod run;
@@ -57,5 +56,7 @@ pub mod run;
 pub mod sampler;
 #[cfg(feature = "torch")]
 pub mod shim;
+pub mod store;
 pub mod text;
+#[cfg(feature = "torch")]
 pub mod train;

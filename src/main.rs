@@ -344,7 +344,7 @@ fn run(cli: Cli) -> Result<()> {
                 run
             } else if world.is_primary() {
                 let run = RunDir::create(&root)?;
-                sadajem::train::checkpoint::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
+                sadajem::store::atomic::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
                 run
             } else {
                 // Rank 0 makes the directory; the barrier below waits for it.
@@ -398,8 +398,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             println!("evaluating {} ({}) with {threads} thread(s): {}", run.root.display(), ckpt.display(), metrics.join(", "));
-            let done = ev.run(&metrics, |o| println!("{:>12}  {}", o.metric, o.summary))?;
-            println!("results → {}", done.first().map_or(run.root.join("eval"), |o| o.file.with_file_name("")).display());
+            ev.run(&metrics, |o| println!("{:>12}  {}", o.metric, o.summary))?;
+            println!("results → {}", run.eval().display());
         }
         Command::Sample { run_dir, n, class, out, checkpoint, overrides } => {
             let run = RunDir::open(&run_dir)?;
@@ -424,7 +424,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Import { file, out, data, preset, overrides, strict, max_tensor_bytes } => {
             engine::init(cli.threads.unwrap_or(0));
-            let limits = sadajem::pickle::Limits { max_bytes: max_tensor_bytes.map_or(sadajem::pickle::DEFAULT_MAX_BYTES, |b| b.0) };
+            let limits = sadajem::store::pickle::Limits { max_bytes: max_tensor_bytes.map_or(sadajem::store::pickle::DEFAULT_MAX_BYTES, |b| b.0) };
             let opts = interop::ImportOptions { file: &file, out: &out, data: data.as_deref(), preset: preset.as_deref(), overrides: &overrides, strict, limits };
             let s = interop::import(&opts)?;
             if !s.code.is_empty() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Tests set this to play out a full disk without filling one (see [`free_bytes`]).
 pub const FREE_BYTES_ENV: &str = "SADAJEM_TEST_FREE_BYTES";
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RunDir {
     pub root: PathBuf,
 }
@@ -191,6 +191,47 @@ impl RunDir {
         }
         Ok(())
     }
+
+    /// `samples/`: the replay buffer's grids written while training.
+    pub fn samples(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+    /// The grid of iteration `iter`, `samples/iter_NNNNNNN.png`.
+    pub fn sample_grid(&self, iter: usize) -> PathBuf {
+        self.samples().join(format!("iter_{iter:07}.png"))
+    }
+    /// The grid at the end of training, `samples/final.png`.
+    pub fn final_grid(&self) -> PathBuf {
+        self.samples().join("final.png")
+    }
+    /// `init.safetensors`: the informative init's class Gaussians, fitted once per run.
+    pub fn init_cache(&self) -> PathBuf {
+        self.root.join("init.safetensors")
+    }
+    /// `eval/`: `sadajem eval`'s records and plots.
+    pub fn eval(&self) -> PathBuf {
+        self.root.join("eval")
+    }
+    /// `tensorboard/`: the training event file; `tensorboard/eval/`: eval's.
+    pub fn tensorboard(&self) -> PathBuf {
+        self.root.join("tensorboard")
+    }
+    /// `report.html` and the curve PNGs it embeds, in `report/`.
+    pub fn report_page(&self) -> PathBuf {
+        self.root.join("report.html")
+    }
+    pub fn report_dir(&self) -> PathBuf {
+        self.root.join("report")
+    }
+    /// `imported.json`: what `sadajem import` made this run from.
+    pub fn imported(&self) -> PathBuf {
+        self.root.join("imported.json")
+    }
+    /// `export/`: where `sadajem export` writes by default.
+    pub fn export_dir(&self) -> PathBuf {
+        self.root.join("export")
+    }
+    /// `final.json`: the test accuracies and training time of a finished run.
     pub fn final_results(&self) -> PathBuf {
         self.root.join("final.json")
     }
@@ -221,12 +262,12 @@ impl RunDir {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        crate::train::checkpoint::write_atomic(&path, kept.as_bytes())
+        crate::store::atomic::write_atomic(&path, kept.as_bytes())
     }
 
     /// Writes a JSON document atomically.
     pub fn write_json(&self, path: &Path, value: &serde_json::Value) -> Result<()> {
-        crate::train::checkpoint::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+        crate::store::atomic::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
     }
 }
 
@@ -364,7 +405,7 @@ mod tests {
         let run = RunDir::create(&dir.path().join("r")).unwrap();
         assert!(run.checkpoint_candidates().unwrap().is_empty());
         // As training does: keep the current latest, then replace it by renaming over it.
-        let write_latest = |text: &str| crate::train::checkpoint::write_atomic(&run.latest(), text.as_bytes()).unwrap();
+        let write_latest = |text: &str| crate::store::atomic::write_atomic(&run.latest(), text.as_bytes()).unwrap();
         for iter in [0, 400, 800] {
             write_latest(&format!("{iter}"));
             run.keep_latest_as(iter).unwrap();

@@ -422,7 +422,7 @@ fn import_eval_export_and_reimport_a_reference_checkpoint() {
 
     let model = |run: &Path| {
         let (t, _): (std::collections::HashMap<String, tch::Tensor>, serde_json::Value) =
-            sadajem::train::checkpoint::load(&run.join("checkpoints/best.safetensors")).unwrap();
+            sadajem::store::checkpoint::load(&run.join("checkpoints/best.safetensors")).unwrap();
         t
     };
     let original = model(&run);

@@ -76,7 +76,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The reference fixture's state dict: names and shapes (its values are not needed).
 fn reference_shapes() -> Vec<(String, Vec<i64>)> {
-    let c = sadajem::pickle::archive::read(&fixture("checkpoint.pt"), &Default::default()).unwrap();
+    let c = sadajem::store::pickle::archive::read(&fixture("checkpoint.pt"), &Default::default()).unwrap();
     c.tensors
         .into_iter()
         .filter_map(|(n, t)| Some((n.strip_prefix("model_state_dict.")?.to_string(), t.size)))

@@ -1,7 +1,7 @@
 //! What a user's long run depends on: surviving SIGKILL at any moment, falling back past a
 //! damaged checkpoint, and refusing bad settings and environments before training starts.
 //! (docs/reliability.md records what these tests showed.)
-use sadajem::train::checkpoint;
+use sadajem::store::checkpoint;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

@@ -3,7 +3,7 @@
 //! (the check itself is skipped under cfg(fuzzing), so inputs get past it), then every tensor
 //! view and the state as JSON, as a resume reads them.
 use libfuzzer_sys::fuzz_target;
-use sadajem::train::checkpoint;
+use sadajem::store::checkpoint;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 //! (-malloc_limit_mb) below what the budget allows in all, so an allocation the budget did not
 //! bound is a failure.
 use libfuzzer_sys::fuzz_target;
-use sadajem::pickle::{archive, Budget, Limits};
+use sadajem::store::pickle::{archive, Budget, Limits};
 
 mod common;
 

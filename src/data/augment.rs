@@ -4,6 +4,7 @@
 //! Done on the u8 pixels in plain Rust with our own seeded RNG, so a checkpoint that stores the
 //! RNG reproduces the exact same batches after a resume.
 use super::ImageSet;
+use crate::config::{Config, PxData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -21,6 +22,22 @@ pub struct Augment {
 impl Augment {
     /// No augmentation at all: the likelihood branch and evaluation.
     pub const NONE: Augment = Augment { pad_crop: 0, flip: false, noise: 0.0 };
+
+    /// The classification batch's: `data.pad_crop`, `data.flip`, `data.noise`.
+    pub fn classification(cfg: &Config) -> Augment {
+        let d = &cfg.data;
+        Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise }
+    }
+
+    /// The likelihood term's own batch (`loss.px_data`): none (`clean`), the classification
+    /// batch's (`augmented`), or None when it reuses the classification batch (`shared`).
+    pub fn likelihood(cfg: &Config) -> Option<Augment> {
+        match cfg.loss.px_data {
+            PxData::Clean => Some(Augment::NONE),
+            PxData::Augmented => Some(Augment::classification(cfg)),
+            PxData::Shared => None,
+        }
+    }
 }
 
 /// The pixel scaling of docs/method.md §1: x/255 → [0, 1] → (x − 0.5)/0.5.

@@ -13,6 +13,7 @@ mod error;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod split;
 pub mod stats;
 pub mod svhn;
 

@@ -4,12 +4,12 @@
 use super::feature_stats::{self, bar};
 use super::{attack, calibration, fid, inception, ood};
 use crate::config::{Config, InitKind, NetMode};
-use crate::data::{self, augment, augment::Augment, FolderOptions, ImageSet, Split};
+use crate::data::{self, augment, augment::Augment, split, FolderOptions, ImageSet, Split};
 use crate::model::{energy, Mode, Wrn};
 use crate::report::{grid, plots};
 use crate::run::RunDir;
 use crate::sampler::{init, sgld};
-use crate::train::{checkpoint, trainer};
+use crate::store::checkpoint;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
@@ -43,7 +43,7 @@ pub struct Evaluation<'a> {
     iteration: Option<u64>,
     /// The checkpoint's replay buffer (joint recipes only), on the CPU.
     buffer: Option<Tensor>,
-    run_root: PathBuf,
+    run: RunDir,
     out: PathBuf,
     test: ImageSet,
     test_idx: Vec<usize>,
@@ -75,7 +75,7 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 impl<'a> Evaluation<'a> {
     pub fn new(cfg: &'a Config, run: &RunDir, checkpoint: &Path) -> Result<Self> {
         let device = crate::engine::parse_device(&cfg.train.device)?;
-        let mut test = trainer::load_split(cfg, Split::Test)?;
+        let mut test = split::load_split(cfg, Split::Test)?;
         test.keep_first(cfg.eval.n_test);
         let vs = nn::VarStore::new(device);
         let mut net = Wrn::new(&vs.root(), &cfg.model, test.channels as i64, test.num_classes as i64);
@@ -83,7 +83,7 @@ impl<'a> Evaluation<'a> {
         let (tensors, state): (_, Value) = checkpoint::load(checkpoint)?;
         checkpoint::load_model(&vs, &tensors, "model.", checkpoint)?;
         let buffer = tensors.get("sampler.buffer").map(|b| b.to_device(Device::Cpu));
-        let out = run.root.join("eval");
+        let out = run.eval();
         std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
         Ok(Evaluation {
             cfg,
@@ -93,7 +93,7 @@ impl<'a> Evaluation<'a> {
             checkpoint: checkpoint.to_path_buf(),
             iteration: state.get("iter").and_then(Value::as_u64),
             buffer,
-            run_root: run.root.clone(),
+            run: run.clone(),
             out,
             test_idx: (0..test.n).collect(),
             test,
@@ -107,7 +107,7 @@ impl<'a> Evaluation<'a> {
         let mut done = vec![];
         for &m in metrics {
             // Each metric draws from its own seeded stream, whichever others run.
-            tch::manual_seed(self.cfg.eval.seed as i64);
+            crate::engine::seed_torch(self.cfg.eval.seed);
             let started = Instant::now();
             let (mut record, summary) = match m {
                 "accuracy" => self.accuracy()?,
@@ -128,8 +128,8 @@ impl<'a> Evaluation<'a> {
             });
             record["seconds"] = json!(started.elapsed().as_secs_f64());
             let file = self.out.join(format!("{m}.json"));
-            crate::train::checkpoint::write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
-            crate::report::tensorboard::write_eval(&self.run_root)?;
+            crate::store::atomic::write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
+            crate::report::tensorboard::write_eval(&self.run)?;
             let outcome = Outcome { metric: m.to_string(), summary, file };
             report(&outcome);
             done.push(outcome);
@@ -141,7 +141,7 @@ impl<'a> Evaluation<'a> {
         if let Some(t) = self.train.get() {
             return Ok(t);
         }
-        let t = trainer::load_split(self.cfg, Split::Train)?;
+        let t = split::load_split(self.cfg, Split::Train)?;
         Ok(self.train.get_or_init(|| t))
     }
 
@@ -417,9 +417,9 @@ impl<'a> Evaluation<'a> {
             InitKind::Uniform => init::Init::Uniform { shape },
             InitKind::Informative => {
                 let train = self.train_set()?;
-                let idx = trainer::train_indices(self.cfg, train.n);
-                let cov = trainer::covariance(&self.cfg.sampler);
-                let cache = self.run_root.join("init.safetensors");
+                let idx = split::train_valid(self.cfg, train.n).0;
+                let cov = init::Covariance::from_config(&self.cfg.sampler);
+                let cache = self.run.init_cache();
                 init::Init::Informative(init::informative_cached(&cache, train, &idx, cov, self.device)?)
             }
         })
@@ -628,6 +628,6 @@ impl Evaluation<'_> {
         };
         let mut cfg = self.cfg.clone();
         (cfg.data.max_train, cfg.data.max_test) = (0, 0);
-        splits.iter().map(|&split| trainer::load_split(&cfg, split)).collect()
+        splits.iter().map(|&split| split::load_split(&cfg, split)).collect()
     }
 }

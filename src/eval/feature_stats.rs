@@ -3,7 +3,7 @@
 //! themselves, so each dataset split is passed through the (slow) network once.
 use super::{fid, inception::Inception};
 use crate::data::{augment, augment::Augment, ImageSet};
-use crate::train::checkpoint;
+use crate::store::checkpoint;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -224,7 +224,7 @@ pub fn compare_specs(
     seed: u64,
 ) -> Result<Value> {
     let net = Inception::load(network, Device::Cpu, precision)?;
-    tch::manual_seed(seed as i64);
+    crate::engine::seed_torch(seed);
     let stats_of = |spec: &ImageSpec, shape: Option<[i64; 3]>, what: &str| -> Result<(Stats, [i64; 3])> {
         match spec {
             ImageSpec::Data { dir, splits, n } => {

@@ -13,7 +13,7 @@
 //! to RGB, every image is resized bilinearly to 299×299 (align_corners = false, as pytorch-fid
 //! does), then scaled the way its file's network expects.
 use crate::config::Precision;
-use crate::pickle::{self, FileKind};
+use crate::store::pickle::{self, FileKind};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashSet;
 use std::path::Path;

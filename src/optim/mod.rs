@@ -154,8 +154,8 @@ mod tests {
             // Through a checkpoint file, so the int64 scalar step count makes the trip too.
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("ck.safetensors");
-            crate::train::checkpoint::save(&file, &opt.state_tensors(&names), &()).unwrap();
-            let (saved, ()): (HashMap<String, Tensor>, ()) = crate::train::checkpoint::load(&file).unwrap();
+            crate::store::checkpoint::save(&file, &opt.state_tensors(&names), &()).unwrap();
+            let (saved, ()): (HashMap<String, Tensor>, ()) = crate::store::checkpoint::load(&file).unwrap();
             let expected: &[&str] = match optimizer {
                 Optimizer::Sgd => &["optim.momentum.a"],
                 Optimizer::Adam => &["optim.adam_m.a", "optim.adam_step.a", "optim.adam_v.a"],

@@ -58,7 +58,7 @@ pub fn robustness_plot(runs: &[RunDir], path: &Path) -> Result<()> {
 pub fn write(runs: &[RunDir], out: &Path) -> Result<String> {
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let md = table(runs);
-    crate::train::checkpoint::write_atomic(&out.join("comparison.md"), md.as_bytes())?;
+    crate::store::atomic::write_atomic(&out.join("comparison.md"), md.as_bytes())?;
     robustness_plot(runs, &out.join("robustness.png"))?;
     Ok(md)
 }

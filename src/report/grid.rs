@@ -45,7 +45,7 @@ pub fn save_grid_columns(x: &Tensor, cols: usize, path: &Path) -> Result<()> {
     let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png).write_image(&grid, gw as u32, gh as u32, color)?;
-    crate::train::checkpoint::write_atomic(path, &png)
+    crate::store::atomic::write_atomic(path, &png)
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
     let fin = read_json(run, "final.json");
     let mut images = Images { bytes_left: MAX_PAGE_IMAGES };
     // The curves are written into report/; a link there would have them written elsewhere.
-    let curves_dir = run.root.join("report");
+    let curves_dir = run.report_dir();
     if std::fs::symlink_metadata(&curves_dir).is_ok_and(|m| !m.is_dir()) {
         bail!("{}: a symbolic link or a file; `sadajem report` writes its plots there: remove it", curves_dir.display());
     }
@@ -263,7 +263,7 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
     }
     h += "</section>\n";
 
-    let samples = run.root.join("samples");
+    let samples = run.samples();
     // Listed only if it is a directory of the run (not a link to one elsewhere).
     let listed = std::fs::symlink_metadata(&samples).is_ok_and(|m| m.is_dir());
     let mut grids: Vec<String> = if listed { std::fs::read_dir(&samples).ok() } else { None }
@@ -329,8 +329,8 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
     // Lets a headless browser test tell that every image decoded.
     h += "<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n";
     h += "</body></html>\n";
-    let path = run.root.join("report.html");
-    crate::train::checkpoint::write_atomic(&path, h.as_bytes())?;
+    let path = run.report_page();
+    crate::store::atomic::write_atomic(&path, h.as_bytes())?;
     Ok(path)
 }
 
@@ -407,7 +407,7 @@ mod tests {
         std::fs::write(run.root.join("eval/ood.json"), ood).unwrap();
         std::fs::write(run.root.join("eval/ood_text.png"), "TOP-SECRET as text").unwrap();
         std::os::unix::fs::symlink(&secret, run.root.join("eval/ood_link.png")).unwrap();
-        let samples = run.root.join("samples");
+        let samples = run.samples();
         std::fs::create_dir(&samples).unwrap();
         std::os::unix::fs::symlink(&secret, samples.join("iter_0000001.png")).unwrap();
         std::os::unix::fs::symlink("/dev/zero", samples.join("final.png")).unwrap();

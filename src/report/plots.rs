@@ -250,7 +250,7 @@ where
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&rgb, WIDTH, HEIGHT, image::ExtendedColorType::Rgb8)
         .context("cannot encode the plot as PNG")?;
-    crate::train::checkpoint::write_atomic(path, &png)
+    crate::store::atomic::write_atomic(path, &png)
 }
 
 /// Axes with labelled ticks and a light grid over the given ranges.

@@ -264,12 +264,12 @@ impl Board {
                 events.extend(record_scalars(&record).filter(|(step, _)| *step <= iter));
             }
         }
-        for (step, png) in kept_grids(&run.root.join("samples")) {
+        for (step, png) in kept_grids(&run.samples()) {
             if step <= iter {
                 events.push((step, vec![grid_value(&png)?]));
             }
         }
-        Ok(Board { file: Some(replace_events(&run.root.join("tensorboard"), events)?) })
+        Ok(Board { file: Some(replace_events(&run.tensorboard(), events)?) })
     }
 
     /// The scalars of one metrics.jsonl line (as [`RunDir::log`] writes it).
@@ -313,8 +313,8 @@ const MAX_EVAL_JSON: u64 = 16 << 20;
 
 /// Rebuilds `RUN/tensorboard/eval/` from the results in `RUN/eval/*.json`, each at the
 /// iteration its `iteration` field names (0 where it has none).
-pub fn write_eval(run_root: &Path) -> Result<()> {
-    let dir = run_root.join("eval");
+pub fn write_eval(run: &RunDir) -> Result<()> {
+    let dir = run.eval();
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .flatten()
@@ -333,7 +333,7 @@ pub fn write_eval(run_root: &Path) -> Result<()> {
         json_numbers(&record, &format!("eval/{metric}"), &mut values);
         events.push((step, values));
     }
-    replace_events(&run_root.join("tensorboard").join("eval"), events).map(drop)
+    replace_events(&run.tensorboard().join("eval"), events).map(drop)
 }
 
 #[cfg(test)]
@@ -469,8 +469,8 @@ mod tests {
         fs::write(dir.path().join("eval/fid.json"), fid.to_string()).unwrap();
         fs::write(dir.path().join("eval/calibration.json"), cal.to_string()).unwrap();
         fs::write(dir.path().join("eval/reliability.png"), b"not json").unwrap();
-        write_eval(dir.path()).unwrap();
-        write_eval(dir.path()).unwrap();
+        write_eval(&RunDir { root: dir.path().to_path_buf() }).unwrap();
+        write_eval(&RunDir { root: dir.path().to_path_buf() }).unwrap();
         let files = event_files(&dir.path().join("tensorboard/eval"));
         assert_eq!(files.len(), 1);
         let mut s = scalars(&read_events(&files[0]).unwrap());

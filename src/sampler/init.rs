@@ -5,7 +5,7 @@
 //! Every random number comes from libtorch's default generator of the device the draw runs on
 //! (`Tensor::randn`, `randint`, `uniform_`), the generator a checkpoint saves for exact resume.
 use crate::data::{augment, ImageSet};
-use crate::train::checkpoint;
+use crate::store::checkpoint;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -33,6 +33,16 @@ pub enum Covariance {
     /// the `rank` strongest pixel correlations (the best rank-r approximation of the empirical
     /// covariance) and treats what remains as independent per-pixel noise.
     LowRank { rank: usize },
+}
+
+impl Covariance {
+    /// `sampler.covariance` (and `sampler.rank`).
+    pub fn from_config(s: &crate::config::SamplerConfig) -> Covariance {
+        match s.covariance {
+            crate::config::CovarianceKind::Full => Covariance::Full,
+            crate::config::CovarianceKind::Lowrank => Covariance::LowRank { rank: s.rank },
+        }
+    }
 }
 
 /// The per-class factors, all f32 on the Gaussians' device.

@@ -1,15 +1,15 @@
 //! The training loop: epochs of the classification stream, logging, validation, sample grids,
 //! checkpoints, exact resume and divergence rollback. It owns everything the user sees while
 //! training (progress bar, epoch lines).
-use crate::config::{Config, CovarianceKind, InitKind, PxData, Recipe, SamplerConfig};
-use crate::data::{self, augment, augment::Augment, loader, loader::BatchStream, FolderOptions, ImageSet, Split};
+use crate::config::{Config, InitKind, Recipe};
+use crate::data::{augment, augment::Augment, loader, loader::BatchStream, split, ImageSet, Split};
 use crate::eval::{self, accuracy};
 use crate::model::Wrn;
 use crate::optim::{sam::Sam, schedule, Base};
 use crate::report::{grid, tensorboard::Board};
 use crate::run::RunDir;
 use crate::sampler::{buffer::ReplayBuffer, init};
-use crate::train::checkpoint;
+use crate::store::checkpoint;
 use crate::train::recipe::{self, Batch, Chains, Diverged, Learner, StepStats};
 use crate::{engine, shim};
 use anyhow::{bail, Context, Result};
@@ -25,9 +25,6 @@ use std::time::Instant;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
-/// The validation split is drawn with a fixed seed, so runs with different training seeds are
-/// selected on the same held-out images.
-const SPLIT_SEED: u64 = 0x5ADA_7E11;
 
 /// Everything besides tensors that a resume needs; saved in each checkpoint's metadata.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,51 +69,6 @@ fn worker_seed(seed: u64, rank: usize) -> u64 {
     }
 }
 
-/// Reads one split of the configured dataset.
-pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
-    let d = &cfg.data;
-    if !d.dir.exists() {
-        if let Some(fetch) = data::download::fetch_command(&d.dir, d.format.parse().ok()) {
-            bail!("data.dir = {}: no such directory; `{fetch}` fetches it", d.dir.display());
-        }
-    }
-    let format = match d.format.as_str() {
-        "auto" => data::detect_format(&d.dir)?,
-        f => f.parse()?,
-    };
-    let opts = FolderOptions { channels: d.channels, size: d.image_size };
-    let mut set = data::load(&d.dir, format, split, opts)
-        .with_context(|| format!("reading the {split} split of data.dir = {}", d.dir.display()))?;
-    set.keep_first(match split {
-        Split::Train => d.max_train,
-        Split::Test => d.max_test,
-    });
-    Ok(set)
-}
-
-/// The training images of a run: all but the seeded validation split (the same for every seed).
-pub fn train_indices(cfg: &Config, n: usize) -> Vec<usize> {
-    loader::split_valid(n, cfg.data.n_valid, SPLIT_SEED).0
-}
-
-/// How the likelihood term's own batch is augmented, or None when it reuses the classification
-/// batch (`loss.px_data = "shared"`).
-pub fn px_augment(cfg: &Config) -> Option<Augment> {
-    let d = &cfg.data;
-    match cfg.loss.px_data {
-        PxData::Clean => Some(Augment::NONE),
-        PxData::Augmented => Some(Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise }),
-        PxData::Shared => None,
-    }
-}
-
-/// The informative init's covariance setting.
-pub fn covariance(s: &SamplerConfig) -> init::Covariance {
-    match s.covariance {
-        CovarianceKind::Full => init::Covariance::Full,
-        CovarianceKind::Lowrank => init::Covariance::LowRank { rank: s.rank },
-    }
-}
 
 /// What a run trains on, read and checked before its directory is made, so that a bad device
 /// or data setting leaves nothing behind: the device and both splits.
@@ -129,8 +81,8 @@ pub struct Inputs {
 impl Inputs {
     pub fn load(cfg: &Config) -> Result<Inputs> {
         let device = engine::parse_device(&cfg.train.device)?;
-        let train_set = load_split(cfg, Split::Train)?;
-        let test_set = load_split(cfg, Split::Test)?;
+        let train_set = split::load_split(cfg, Split::Train)?;
+        let test_set = split::load_split(cfg, Split::Test)?;
         let d = &cfg.data;
         if d.n_valid + d.batch_size > train_set.n {
             bail!(
@@ -355,7 +307,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
     let Inputs { device, train_set, test_set } = inputs;
     engine::seed_torch(cfg.train.seed);
     let d = &cfg.data;
-    let (train_idx, valid_idx) = loader::split_valid(train_set.n, d.n_valid, SPLIT_SEED);
+    let (train_idx, valid_idx) = split::train_valid(cfg, train_set.n);
     let joint = cfg.train.recipe != Recipe::Softmax;
     let (rank, workers, primary) = (world.rank, world.size, world.is_primary());
     if workers > 1 {
@@ -377,7 +329,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         learner.world = Some(world.clone());
         // Each worker's own sampler stream; rank 0 keeps the one a single process has.
         if rank > 0 {
-            tch::manual_seed(worker_seed(derive_seed(cfg.train.seed, 4), rank) as i64);
+            crate::engine::seed_torch(worker_seed(derive_seed(cfg.train.seed, 4), rank));
         }
     }
 
@@ -387,12 +339,12 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         let init = match s.init {
             InitKind::Uniform => init::Init::Uniform { shape },
             InitKind::Informative => {
-                let cache = run.root.join("init.safetensors");
+                let cache = run.init_cache();
                 // Rank 0 fits and caches the class Gaussians; the others then read them.
                 if !primary {
                     world.barrier();
                 }
-                let fitted = init::informative_cached(&cache, &train_set, &train_idx, covariance(s), device);
+                let fitted = init::informative_cached(&cache, &train_set, &train_idx, init::Covariance::from_config(s), device);
                 if primary {
                     world.barrier();
                 }
@@ -406,7 +358,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         None
     };
     // Every worker reads the same stream of global batches and trains on its slice of each.
-    let px_stream = (joint && px_augment(cfg).is_some())
+    let px_stream = (joint && Augment::likelihood(cfg).is_some())
         .then(|| BatchStream::new(train_idx.clone(), cfg.loss.px_batch_size * workers, derive_seed(cfg.train.seed, 3)));
     let stream = BatchStream::new(train_idx.clone(), d.batch_size * workers, derive_seed(cfg.train.seed, 1));
     let state = TrainState {
@@ -447,9 +399,9 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
     }
     // RUN/tensorboard: rebuilt from the metrics and grids up to here, then appended to.
     let mut board = if primary { Board::open(run, s.state.iter)? } else { Board::none() };
-    let aug = Augment { pad_crop: d.pad_crop, flip: d.flip, noise: d.noise };
+    let aug = Augment::classification(cfg);
     let bpp = s.stream.batches_per_pass();
-    let samples_dir = run.root.join("samples");
+    let samples_dir = run.samples();
     if joint && primary {
         std::fs::create_dir_all(&samples_dir).with_context(|| format!("{}: cannot create", samples_dir.display()))?;
     }
@@ -476,7 +428,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
                 t.narrow(0, rank as i64 * per, per).to_device(device)
             };
             let lab = Batch { x: mine(x), y: mine(y) };
-            let x_data = match (&mut s.px_stream, px_augment(cfg)) {
+            let x_data = match (&mut s.px_stream, Augment::likelihood(cfg)) {
                 (Some(px), Some(px_aug)) => {
                     let idx = px.next_batch().to_vec();
                     mine(augment::batch(&train_set, &idx, &px_aug, &mut s.state.augment_rng).0)
@@ -510,7 +462,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
             if let Some(chains) = s.chains.as_ref().filter(|_| primary) {
                 let every = cfg.train.sample_every;
                 if every > 0 && s.state.iter % every == 0 {
-                    let png = samples_dir.join(format!("iter_{:07}.png", s.state.iter));
+                    let png = run.sample_grid(s.state.iter);
                     save_buffer_grid(&chains.buffer, &png)?;
                     board.grid(&png, s.state.iter)?;
                 }
@@ -577,7 +529,7 @@ pub fn train(cfg: &Config, run: &RunDir, resume: bool, inputs: Inputs, world: Rc
         return Ok(Summary { test_acc: f64::NAN, test_acc_best: None, best_valid_acc: None, train_seconds: s.state.train_seconds });
     }
     if let Some(chains) = &s.chains {
-        let png = samples_dir.join("final.png");
+        let png = run.final_grid();
         save_buffer_grid(&chains.buffer, &png)?;
         board.grid(&png, s.state.iter)?;
     }
@@ -635,7 +587,7 @@ fn rollback(s: &mut Session, run: &RunDir, d: Diverged) -> Result<()> {
     s.state.rollbacks = rollbacks;
     s.state.lr_scale = lr_scale;
     // A new sampler stream, so the chains do not walk into the same blow-up.
-    tch::manual_seed(worker_seed(derive_seed(cfg.train.seed, 1000 + rollbacks as u64), s.world.rank) as i64);
+    crate::engine::seed_torch(worker_seed(derive_seed(cfg.train.seed, 1000 + rollbacks as u64), s.world.rank));
     if !s.world.is_primary() {
         return Ok(());
     }

@@ -441,7 +441,7 @@ fn key_name(m: &Machine, key: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::pickle::forge::{self, Pickle, Record};
+    use crate::store::pickle::forge::{self, Pickle, Record};
     use super::*;
 
     /// A legacy stream around `object`, no storages.

@@ -38,7 +38,7 @@ pub fn save(path: &Path, object: &Object) -> Result<()> {
         Ok(zip.finish()?.into_inner())
     };
     let bytes = zip().with_context(|| format!("{}: building the zip archive", path.display()))?;
-    crate::train::checkpoint::write_atomic(path, &bytes)
+    crate::store::atomic::write_atomic(path, &bytes)
 }
 
 /// Pickle protocol 2, the opcodes `torch.save` itself uses; nothing is memoised (no object
@@ -174,7 +174,7 @@ fn storage_name(kind: Kind) -> Result<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pickle::{file_kind, load_tensors, FileKind};
+    use crate::store::pickle::{file_kind, load_tensors, FileKind};
 
     /// What `save` writes, the reader reads back: names, order, types, shapes, values.
     #[test]

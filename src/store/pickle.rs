@@ -35,7 +35,7 @@ mod tensors;
 mod write;
 /// Hostile files for the tests, shared with tests/hostile.rs.
 #[cfg(test)]
-#[path = "../tests/support/forge.rs"]
+#[path = "../../tests/support/forge.rs"]
 pub(crate) mod forge;
 
 pub use archive::{file_kind, Budget, Contents, FileKind, Limits, DEFAULT_MAX_BYTES};

@@ -13,7 +13,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 const STATE_KEY: &str = "sadajem.state";
@@ -72,24 +71,6 @@ pub fn encode(tensors: &[(String, RawTensor)], state_json: String) -> Result<Vec
     Ok(safetensors::serialize(tensors.iter().map(|(n, r)| (n.as_str(), r)), &Some(meta))?)
 }
 
-/// Atomically writes `bytes` to `path` (temporary file, fsync, rename, fsync of the directory).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
-    let write = || -> std::io::Result<()> {
-        // A fresh file, never one already there: a link planted at the temporary name (in a
-        // shared run directory) would otherwise have the bytes written wherever it points.
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().with_context(|| format!("{}: cannot write", path.display())).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
 
 /// A checkpoint file read into memory whose structure and checksum have been verified.
 pub struct Verified {
@@ -191,7 +172,7 @@ mod with_torch {
     /// Saves named tensors and a serialisable state, atomically.
     pub fn save<S: serde::Serialize>(path: &Path, tensors: &[(String, Tensor)], state: &S) -> Result<()> {
         let raws: Vec<(String, RawTensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), raw(t)?))).collect::<Result<_>>()?;
-        write_atomic(path, &encode(&raws, serde_json::to_string(state)?)?)
+        crate::store::atomic::write_atomic(path, &encode(&raws, serde_json::to_string(state)?)?)
     }
 
     /// Loads what `save` wrote, after [`read`]'s checks.
@@ -244,18 +225,6 @@ mod tests {
     fn tiny() -> Vec<u8> {
         let t = RawTensor { dtype: Dtype::F32, shape: vec![2], data: [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect() };
         encode(&[("w".into(), t)], r#"{"iter":7}"#.into()).unwrap()
-    }
-
-    /// A link planted at the temporary name is replaced, not written through.
-    #[test]
-    fn atomic_writes_do_not_follow_a_planted_link() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim.txt");
-        std::fs::write(&victim, "mine").unwrap();
-        std::os::unix::fs::symlink(&victim, dir.path().join(".report.html.tmp")).unwrap();
-        write_atomic(&dir.path().join("report.html"), b"page").unwrap();
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine");
-        assert_eq!(std::fs::read_to_string(dir.path().join("report.html")).unwrap(), "page");
     }
 
     #[test]

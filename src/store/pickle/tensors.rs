@@ -73,7 +73,7 @@ fn kind(d: Dtype) -> Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pickle::file_kind;
+    use crate::store::pickle::file_kind;
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> PathBuf {
