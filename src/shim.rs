@@ -41,6 +41,8 @@ fn adopt(rc: c_int, out: *mut c_void) -> Result<Tensor, TchError> {
 /// and the `prelu` workaround is measurably slower (see docs/performance.md).
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     let mut out = std::ptr::null_mut();
+    // SAFETY: `x` is a live tensor for the call; the shim only reads it and writes a new
+    // tensor pointer into `out` (or leaves it null and returns an error code).
     let rc = unsafe { sj_leaky_relu(x.as_ptr() as *mut c_void, slope, &mut out) };
     adopt(rc, out).expect("leaky_relu")
 }
@@ -48,6 +50,7 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
 /// The state of libtorch's default generator for `device` (a uint8 tensor), for checkpoints.
 pub fn rng_state(device: tch::Device) -> Tensor {
     let mut out = std::ptr::null_mut();
+    // SAFETY: `out` is a valid out-pointer; the shim writes a fresh tensor into it on success.
     let rc = unsafe { sj_rng_get_state(cuda_index(device), &mut out) };
     adopt(rc, out).expect("reading the generator state")
 }
@@ -57,6 +60,8 @@ pub fn set_rng_state(device: tch::Device, state: &Tensor) -> Result<(), TchError
     // A fresh copy: libtorch reads the state from the start of the tensor's storage, so a view
     // (one worker's row of a stacked checkpoint tensor) would hand it the wrong bytes.
     let state = state.to_device(tch::Device::Cpu).to_kind(tch::Kind::Uint8).copy();
+    // SAFETY: `state` is a live, contiguous uint8 CPU tensor owned here for the whole call;
+    // libtorch copies from it (and checks its size) without keeping it.
     let rc = unsafe { sj_rng_set_state(cuda_index(device), state.as_ptr() as *mut c_void) };
     if rc != 0 {
         return Err(last_error());
@@ -88,6 +93,8 @@ impl Group {
         let c_addr = std::ffi::CString::new(addr).map_err(|_| TchError::Torch(format!("MASTER_ADDR `{addr}` contains NUL")))?;
         let mut out = std::ptr::null_mut();
         let gpu = nccl_gpu.map_or(-1, |i| i as c_int);
+        // SAFETY: `c_addr` is a NUL-terminated string alive for the call (the shim copies it);
+        // `out` receives an owned group pointer, freed once by `Drop`.
         let rc = unsafe { sj_group_new(c_addr.as_ptr(), port as c_int, rank as c_int, world as c_int, timeout_s as c_int, gpu, &mut out) };
         if rc != 0 {
             return Err(last_error());
@@ -104,22 +111,27 @@ impl Group {
 
     /// Sums `t` over the ranks, in place.
     pub fn allreduce_sum_(&self, t: &Tensor) -> Result<(), TchError> {
+        // SAFETY: `self.0` is the live group this value owns; `t` is a live tensor the
+        // collective writes in place and does not keep past the call.
         Self::check(unsafe { sj_group_allreduce_sum(self.0, t.as_ptr() as *mut c_void) })
     }
 
     /// Overwrites `t` with rank `root`'s, in place.
     pub fn broadcast_(&self, t: &Tensor, root: usize) -> Result<(), TchError> {
+        // SAFETY: as in `allreduce_sum_`: a live group and a live tensor for the call.
         Self::check(unsafe { sj_group_broadcast(self.0, t.as_ptr() as *mut c_void, root as c_int) })
     }
 
     /// Every rank's `t` (same shape everywhere), stacked along a new first dimension by rank.
     pub fn allgather(&self, t: &Tensor) -> Result<Tensor, TchError> {
         let mut out = std::ptr::null_mut();
+        // SAFETY: a live group, a live input tensor, and an out-pointer for the new tensor.
         let rc = unsafe { sj_group_allgather(self.0, t.as_ptr() as *mut c_void, &mut out) };
         adopt(rc, out)
     }
 
     pub fn barrier(&self) -> Result<(), TchError> {
+        // SAFETY: `self.0` is the live group this value owns.
         Self::check(unsafe { sj_group_barrier(self.0) })
     }
 }
@@ -127,6 +139,7 @@ impl Group {
 #[cfg(sadajem_distributed)]
 impl Drop for Group {
     fn drop(&mut self) {
+        // SAFETY: the pointer came from `sj_group_new` and is freed exactly once, here.
         unsafe { sj_group_free(self.0) }
     }
 }
@@ -143,6 +156,7 @@ pub fn cuda_peak_allocated(index: usize) -> Option<i64> {
     #[cfg(sadajem_cuda)]
     {
         let mut out = 0i64;
+        // SAFETY: `out` is a valid i64 out-pointer; the index is checked by the shim.
         let rc = unsafe { sj_cuda_peak_allocated(index as c_int, &mut out) };
         (rc == 0).then_some(out)
     }
@@ -155,6 +169,7 @@ pub fn cuda_peak_allocated(index: usize) -> Option<i64> {
 
 /// Starts the peak of [`cuda_peak_allocated`] afresh (nothing in a build without CUDA).
 pub fn cuda_reset_peak(index: usize) {
+    // SAFETY: takes only an index, which the shim checks.
     #[cfg(sadajem_cuda)]
     unsafe {
         sj_cuda_reset_peak(index as c_int);
@@ -174,6 +189,7 @@ impl Autocast {
     pub fn enter(device: tch::Device) -> Autocast {
         let device_type = if device.is_cuda() { 1 } else { 0 };
         let (mut prev_enabled, mut prev_dtype) = (0, 0);
+        // SAFETY: two valid out-pointers for the previous state; the call sets thread-local flags.
         let rc = unsafe { sj_autocast_enter(device_type, &mut prev_enabled, &mut prev_dtype) };
         if rc != 0 {
             panic!("entering autocast: {}", last_error());
@@ -184,15 +200,19 @@ impl Autocast {
 
 impl Drop for Autocast {
     fn drop(&mut self) {
+        // SAFETY: plain integers saved by `enter`; the call restores thread-local flags.
         let rc = unsafe { sj_autocast_exit(self.device_type, self.prev_enabled, self.prev_dtype) };
+        // No panic in a drop (it would abort during an unwind): restoring two thread-local flags
+        // has never failed, and if it did the next forwards would only compute in bf16.
         if rc != 0 {
-            panic!("leaving autocast: {}", last_error());
+            eprintln!("warning: leaving bf16 autocast failed: {}", last_error());
         }
     }
 }
 
 /// libtorch's deterministic mode (see `engine::make_deterministic`) on or off.
 pub fn set_deterministic(on: bool) {
+    // SAFETY: takes an integer flag; sets libtorch's global context.
     let rc = unsafe { sj_set_deterministic(on as c_int) };
     if rc != 0 {
         panic!("setting deterministic mode: {}", last_error());
@@ -202,12 +222,15 @@ pub fn set_deterministic(on: bool) {
 /// `x` with channels_last (NHWC) strides; same shape and values.
 pub fn channels_last(x: &Tensor) -> Tensor {
     let mut out = std::ptr::null_mut();
+    // SAFETY: `x` is live for the call and only read; `out` receives a fresh tensor.
     let rc = unsafe { sj_channels_last(x.as_ptr() as *mut c_void, &mut out) };
     adopt(rc, out).expect("channels_last")
 }
 
 /// Re-lays a 4-d parameter out as channels_last in place, keeping its identity.
 pub fn make_channels_last_(param: &Tensor) {
+    // SAFETY: `param` is live; the shim swaps its data for a channels_last copy (set_data),
+    // keeping the tensor object that autograd and the optimiser hold.
     let rc = unsafe { sj_make_channels_last_(param.as_ptr() as *mut c_void) };
     if rc != 0 {
         panic!("channels_last parameter: {}", last_error());
