@@ -15,11 +15,11 @@
 //! process's resident high-water mark, on CUDA the caching allocator's peak of bytes allocated
 //! to tensors (what PyTorch's torch.cuda.max_memory_allocated reads; the CUDA build only).
 use crate::config::{Config, Precision, Recipe};
-use crate::data::{augment, augment::Augment, ImageSet, Split};
+use crate::data::{ImageSet, Split};
 use crate::model::wrn::forward_flops;
 use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
-use crate::train::recipe::{self, Batch, Chains, Learner, Samples};
-use crate::train::trainer;
+use crate::data::batches::{Batch, Batches};
+use crate::train::recipe::{self, Chains, Learner, Samples};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -130,7 +130,7 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
     let joint = cfg.train.recipe != Recipe::Softmax;
     crate::engine::seed_torch(cfg.train.seed);
     let vs = nn::VarStore::new(device);
-    let (_, mut learner) = trainer::new_learner(cfg, &vs, &set);
+    let (_, mut learner) = crate::train::session::new_learner(cfg, &vs, &set);
     // Where chains start does not change what a step costs; the uniform init spares the
     // informative init's covariance of the whole training set.
     let mut chains = joint.then(|| {
@@ -139,22 +139,17 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
         Chains { buffer, init }
     });
 
-    let d = &cfg.data;
-    let aug = Augment::classification(cfg);
+    // The trainer's own batch assembly, over every image of the set.
+    let largest = cfg.data.batch_size.max(if joint { cfg.loss.px_batch_size } else { 0 });
+    if set.n < largest {
+        bail!("{} images cannot make a batch of {largest} (data.batch_size, loss.px_batch_size)", set.n);
+    }
+    let seeds = (cfg.train.seed, cfg.train.seed.wrapping_add(1));
+    let mut batches = Batches::new(cfg, (0..set.n).collect(), seeds, joint, (0, 1), device);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-    let mut order = (0..set.n).cycle();
     let mut next_batches = |rng: &mut ChaCha8Rng| -> (Batch, Tensor) {
-        let idx: Vec<usize> = order.by_ref().take(d.batch_size).collect();
-        let (x, y) = augment::batch(&set, &idx, &aug, rng);
-        let lab = Batch { x: x.to_device(device), y: y.to_device(device) };
-        let x_data = match Augment::likelihood(cfg).filter(|_| joint) {
-            Some(px_aug) => {
-                let idx: Vec<usize> = order.by_ref().take(cfg.loss.px_batch_size).collect();
-                augment::batch(&set, &idx, &px_aug, rng).0.to_device(device)
-            }
-            None => lab.x.shallow_clone(),
-        };
-        (lab, x_data)
+        let it = batches.next(&set, rng);
+        (it.lab, it.x_data)
     };
     let (w, n) = (opts.warmup, opts.iters);
     // A fixed small lr: the parts are timed, not trained, and a diverged step would skip work.

@@ -51,6 +51,7 @@ pub mod model;
 pub mod optim;
 #[cfg(feature = "torch")]
 pub mod report;
+pub mod records;
 pub mod run;
 #[cfg(feature = "torch")]
 pub mod sampler;

@@ -334,7 +334,7 @@ fn run(cli: Cli) -> Result<()> {
             // The device and the data are checked before the run directory is touched, so a
             // mistake in either leaves nothing behind to clean up (and before the workers wait
             // for each other).
-            let inputs = trainer::Inputs::load(&cfg)?;
+            let inputs = sadajem::train::session::Inputs::load(&cfg)?;
             let world = Rc::new(distributed::World::from_env(cfg.train.backend, inputs.device)?);
             let run = if resuming {
                 let run = RunDir::open(&root)?;

@@ -236,14 +236,14 @@ impl RunDir {
         self.root.join("final.json")
     }
 
-    /// Appends one JSON object as a line of metrics.jsonl.
-    pub fn log(&self, record: &serde_json::Value) -> Result<()> {
+    /// Appends one record (a [`crate::records::MetricsLine`]) as a line of metrics.jsonl.
+    pub fn log<T: serde::Serialize>(&self, record: &T) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.metrics())
             .with_context(|| format!("{}: cannot append", self.metrics().display()))?;
-        writeln!(f, "{record}")?;
+        writeln!(f, "{}", serde_json::to_string(record)?)?;
         Ok(())
     }
 

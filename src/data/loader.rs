@@ -46,6 +46,11 @@ impl BatchStream {
         &self.state
     }
 
+    /// Puts the stream back where `state` says (a resume, a rollback).
+    pub fn set_state(&mut self, state: StreamState) {
+        *self = Self::restore(std::mem::take(&mut self.pool), self.batch, state);
+    }
+
     pub fn batches_per_pass(&self) -> usize {
         self.pool.len() / self.batch
     }

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "torch")]
 pub mod augment;
+#[cfg(feature = "torch")]
+pub mod batches;
 pub mod cifar;
 #[cfg(feature = "torch")]
 pub mod download;
