@@ -387,6 +387,17 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     assert!(!o.status.success() && text(&o).contains("--class 10"), "{}", text(&o));
     let o = sadajem(&["eval", "--run-dir", run.to_str().unwrap(), "--only", "accuracy,bogus"]);
     assert!(!o.status.success() && text(&o).contains("bogus"), "{}", text(&o));
+
+    if inception.is_some() {
+        // 8 buffer entries leave every class's most confident 10 % empty: IS is skipped, FID is not.
+        let mut small: Vec<&str> = args.iter().map(|a| match *a { "eval.fid_buffer_n=40" => "eval.fid_buffer_n=8", a => a }).collect();
+        small.extend(["--only", "fid", "--set", "eval.fid_protocols=[\"buffer\"]"]);
+        let o = sadajem(&small);
+        assert!(o.status.success(), "{}", text(&o));
+        let buffer = &read("fid")["protocols"]["buffer"];
+        assert!(buffer["is_skipped"].as_str().is_some_and(|s| s.contains("eval.fid_buffer_n")), "{buffer}");
+        assert!(buffer["fid"].as_f64().is_some_and(f64::is_finite), "{buffer}");
+    }
 }
 
 /// The authors' checkpoint layout in (scripts/make-reference-fixture.py: a WRN-10-1 on

@@ -550,6 +550,13 @@ impl<'a> Evaluation<'a> {
             let mut result = serde_json::Map::new();
             result.insert("about".into(), json!(about));
             for (part, x) in samples {
+                if x.size()[0] == 0 {
+                    // A small buffer can leave no image in some class's top 10 % (int() rounds down).
+                    let why = format!("no images to score: the buffer's {part} share is empty (raise eval.fid_buffer_n)");
+                    result.insert(format!("{part}_skipped"), json!(why));
+                    summary.push(format!("{protocol} {part}: skipped"));
+                    continue;
+                }
                 let (pool, _) = feature_stats::features(&net, &x, &format!("{protocol} {part}"))?;
                 if part != "is" {
                     // KID on all sample features against the reference's fixed share.

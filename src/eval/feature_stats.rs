@@ -55,6 +55,7 @@ pub fn bar(len: usize, what: &str) -> ProgressBar {
 pub fn features(net: &Inception, x: &Tensor, what: &str) -> Result<(Tensor, Option<Tensor>)> {
     const BATCH: i64 = 50;
     let n = x.size()[0];
+    anyhow::ensure!(n > 0, "{what}: no images to compute Inception features of");
     let progress = bar(n as usize, what);
     let (mut pools, mut logits) = (vec![], vec![]);
     for start in (0..n).step_by(BATCH as usize) {
