@@ -14,7 +14,7 @@
 //! input-only backward F. Peak memory over the timed work (reset before warm-up): on CPU the
 //! process's resident high-water mark, on CUDA the caching allocator's peak of bytes allocated
 //! to tensors (what PyTorch's torch.cuda.max_memory_allocated reads; the CUDA build only).
-use crate::config::{Config, Precision, Recipe};
+use crate::config::{Config, DataFormat, Precision, Recipe};
 use crate::data::{ImageSet, Split};
 use crate::model::wrn::forward_flops;
 use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
@@ -54,7 +54,7 @@ pub struct Options {
 pub fn synthetic_set(cfg: &Config, n: usize) -> ImageSet {
     use rand::RngCore;
     let d = &cfg.data;
-    let classes = if d.format == "cifar100" { 100 } else { 10 };
+    let classes = if d.format == DataFormat::Cifar100 { 100 } else { 10 };
     let mut images = vec![0u8; n * d.channels * d.image_size * d.image_size];
     ChaCha8Rng::seed_from_u64(cfg.train.seed).fill_bytes(&mut images);
     let labels = (0..n).map(|i| (i % classes) as i64).collect();
@@ -121,7 +121,7 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
     if opts.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let device = crate::engine::parse_device(&cfg.train.device)?;
+    let device = crate::engine::parse_device(cfg.train.device)?;
     let set = match opts.synthetic {
         Some(0) => bail!("--synthetic 0: expected a number of images ≥ 1"),
         Some(n) => synthetic_set(cfg, n),
@@ -293,7 +293,7 @@ pub fn reference_args(cfg: &Config, ours: &Measured, opts: &Options, threads: us
         "--steps".into(), cfg.sampler.steps.to_string(),
         "--rho".into(), cfg.optim.sam_rho.to_string(),
         "--precision".into(), precision.into(),
-        "--device".into(), cfg.train.device.clone(),
+        "--device".into(), cfg.train.device.to_string(),
         "--threads".into(), threads.to_string(),
         "--warmup".into(), opts.warmup.to_string(),
         "--iters".into(), opts.iters.to_string(),
@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(a.images, synthetic_set(&cfg, 20).images, "the same seed, the same images");
         let mean = a.images.iter().map(|&v| v as f64).sum::<f64>() / a.images.len() as f64;
         assert!((mean - 127.5).abs() < 5.0, "uniform bytes, mean {mean}");
-        cfg.data.format = "cifar100".into();
+        cfg.data.format = DataFormat::Cifar100;
         cfg.data.channels = 1;
         cfg.train.seed = 2;
         let b = synthetic_set(&cfg, 150);

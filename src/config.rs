@@ -69,6 +69,7 @@ pub enum Recipe {
 /// The arithmetic of the network's forward and backward passes. Weights, optimiser state, the
 /// SGLD chains and every loss/energy reduction stay fp32 either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "torch", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
@@ -148,6 +149,69 @@ pub enum PxData {
     Shared,
 }
 
+/// The reader of `data.dir`: detected from the files present, or named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Auto,
+    Idx,
+    Cifar10,
+    Cifar100,
+    Svhn,
+    Folder,
+}
+
+/// Where the network runs: parsed once from `cpu`, `cuda` or `cuda:N`; `engine::parse_device`
+/// then checks that the GPU is really there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    Cpu,
+    /// A data-parallel worker's own GPU (`cuda:LOCAL_RANK`), else the first.
+    Cuda,
+    CudaIndex(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(DeviceSpec::CudaIndex(i)),
+                Some(Err(_)) => Err(format!("device `{}`: expected `cpu`, `cuda` or `cuda:N` with N a GPU index", echo(s))),
+                None => Err(format!("device `{}`: expected `cpu`, `cuda` or `cuda:N`", echo(s))),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda => f.write_str("cuda"),
+            DeviceSpec::CudaIndex(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -176,7 +240,7 @@ pub struct DataConfig {
     /// Directory of the dataset (relative paths are relative to the working directory).
     pub dir: PathBuf,
     /// `auto` (detected from the files), `idx`, `cifar10`, `cifar100`, `svhn` or `folder`.
-    pub format: String,
+    pub format: DataFormat,
     /// Image folders only: images are converted to this many channels (1 or 3) ...
     pub channels: usize,
     /// ... and resized to this square size.
@@ -201,7 +265,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             dir: PathBuf::from("data/fashion-mnist"),
-            format: "auto".into(),
+            format: DataFormat::Auto,
             channels: 3,
             image_size: 32,
             n_valid: 5000,
@@ -277,7 +341,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// libtorch intra-op threads; 0 = one per core.
     pub threads: usize,
     /// `fp32`, `bf16` (autocast) or `auto` (see [`Precision`]).
@@ -314,7 +378,7 @@ impl Default for TrainConfig {
             recipe: Recipe::Softmax,
             epochs: 200,
             seed: 1,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             threads: 0,
             precision: Precision::Fp32,
             backend: Backend::Auto,
@@ -570,23 +634,14 @@ impl Config {
             })?;
             merge_layer(&mut doc, parse(&text, &path.display().to_string())?, "")?;
         }
-        for o in src.overrides {
-            if o.len() > MAX_OVERRIDE {
-                return Err(ConfigError::TooLarge(format!(
-                    "`--set {}`: {} bytes, more than the {MAX_OVERRIDE} a setting may take",
-                    echo(o),
-                    o.len()
-                )));
-            }
-            let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(echo(o)))?;
-            set_key(&mut doc, key.trim(), parse_value(value.trim()))?;
-        }
-        let source_name = "configuration".to_string();
-        let cfg: Config = doc
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: echo_lines(e.to_string().trim()) })?;
-        cfg.validate()?;
-        Ok(cfg)
+        with_overrides(doc, src.overrides)
+    }
+
+    /// These settings with `--set` overrides on top, validated: how a command that fills in
+    /// settings itself (`import`, from the file's tensor shapes) still lets the user have the
+    /// last word.
+    pub fn overridden(&self, overrides: &[String]) -> Result<Config, ConfigError> {
+        with_overrides(toml::Value::try_from(self).expect("config serialises"), overrides)
     }
 
     /// Reads a run's saved `config.toml` (complete, as written by `to_toml`).
@@ -618,12 +673,6 @@ impl Config {
         check((0.0..=1.0).contains(&m.bn_momentum), "model.bn_momentum", m.bn_momentum, "expected a value in [0, 1] (PyTorch convention)")?;
         check((0.0..1.0).contains(&m.slope), "model.slope", m.slope, "expected a LeakyReLU slope in [0, 1)")?;
         check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "expected a rate in [0, 1)")?;
-        check(
-            ["auto", "idx", "cifar10", "cifar100", "svhn", "folder"].contains(&d.format.as_str()),
-            "data.format",
-            &d.format,
-            "expected one of auto, idx, cifar10, cifar100, svhn, folder",
-        )?;
         check(d.channels == 1 || d.channels == 3, "data.channels", d.channels, "expected 1 or 3")?;
         check((8..=512).contains(&d.image_size), "data.image_size", d.image_size, "expected a size in 8..=512 pixels")?;
         check(d.batch_size >= 1, "data.batch_size", d.batch_size, "expected ≥ 1")?;
@@ -645,7 +694,7 @@ impl Config {
         check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
         check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
         check(
-            !(t.backend == Backend::Nccl && t.device == "cpu"),
+            !(t.backend == Backend::Nccl && t.device == DeviceSpec::Cpu),
             "train.backend",
             "nccl",
             "expected gloo or auto with train.device = cpu (NCCL runs on GPUs only)",
@@ -755,6 +804,26 @@ impl ModelConfig {
         }
         total + norm(widths[3]) + widths[3] * classes + classes
     }
+}
+
+/// `overrides` applied to `doc`, then typed and validated.
+fn with_overrides(mut doc: toml::Value, overrides: &[String]) -> Result<Config, ConfigError> {
+    for o in overrides {
+        if o.len() > MAX_OVERRIDE {
+            return Err(ConfigError::TooLarge(format!(
+                "`--set {}`: {} bytes, more than the {MAX_OVERRIDE} a setting may take",
+                echo(o),
+                o.len()
+            )));
+        }
+        let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(echo(o)))?;
+        set_key(&mut doc, key.trim(), parse_value(value.trim()))?;
+    }
+    let source_name = "configuration".to_string();
+    let cfg: Config =
+        doc.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: echo_lines(e.to_string().trim()) })?;
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// NaN or an infinity in any setting is a typo or an overflow, never a choice; the range checks
@@ -879,7 +948,7 @@ mod tests {
         assert_eq!(c.optim.lr, 0.05);
         assert!(!c.data.flip);
         assert_eq!(c.optim.decay_epochs, vec![1, 2]);
-        assert_eq!(c.train.device, "cpu");
+        assert_eq!(c.train.device, DeviceSpec::Cpu);
     }
 
     #[test]

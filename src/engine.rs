@@ -1,21 +1,17 @@
 //! Where libtorch is set up: device choice, CPU threads, seeding. Nothing else in the crate
 //! touches these global settings.
 use anyhow::{bail, Result};
-use crate::config::Precision;
+use crate::config::{DeviceSpec, Precision};
 use tch::{nn, Device};
 
-/// Parses `cpu`, `cuda` or `cuda:N`, and checks the device is really there. Plain `cuda` in a
-/// data-parallel worker means its own GPU, `cuda:LOCAL_RANK` (LOCAL_RANK as launchers set it).
-pub fn parse_device(spec: &str) -> Result<Device> {
+/// The device `spec` names, checked to be really there. Plain `cuda` in a data-parallel worker
+/// means its own GPU, `cuda:LOCAL_RANK` (LOCAL_RANK as launchers set it).
+pub fn parse_device(spec: DeviceSpec) -> Result<Device> {
     let local_rank = std::env::var("LOCAL_RANK").ok().and_then(|r| r.parse::<usize>().ok());
     let device = match spec {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(local_rank.unwrap_or(0)),
-        s if s.starts_with("cuda:") => match s[5..].parse::<usize>() {
-            Ok(i) => Device::Cuda(i),
-            Err(_) => bail!("device `{s}`: expected `cpu`, `cuda` or `cuda:N` with N a GPU index"),
-        },
-        s => bail!("device `{s}`: expected `cpu`, `cuda` or `cuda:N`"),
+        DeviceSpec::Cpu => Device::Cpu,
+        DeviceSpec::Cuda => Device::Cuda(local_rank.unwrap_or(0)),
+        DeviceSpec::CudaIndex(i) => Device::Cuda(i),
     };
     if let Device::Cuda(i) = device {
         load_cuda_backend()?;
@@ -218,9 +214,10 @@ mod tests {
 
     #[test]
     fn device_names_are_checked() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("cpu".parse().unwrap()).unwrap(), Device::Cpu);
+        assert_eq!("cuda:3".parse(), Ok(DeviceSpec::CudaIndex(3)));
         for bad in ["gpu", "cuda:x", "CPU"] {
-            let e = parse_device(bad).unwrap_err().to_string();
+            let e = bad.parse::<DeviceSpec>().unwrap_err();
             assert!(e.contains(bad) && e.contains("cuda:N"), "{e}");
         }
     }
@@ -239,7 +236,7 @@ mod tests {
     #[test]
     fn an_absent_gpu_is_a_clear_error() {
         // On a machine with a GPU and a CUDA libtorch this succeeds; then there is nothing to test.
-        if let Err(e) = parse_device("cuda:7") {
+        if let Err(e) = parse_device(DeviceSpec::CudaIndex(7)) {
             let e = e.to_string();
             // The CPU install cannot load its CUDA library; the CUDA build loads it and finds no GPU.
             assert!(e.contains("cuda") && (e.contains("CUDA library could not be loaded") || e.contains("no CUDA device") || e.contains("CUDA device(s)")), "{e}");

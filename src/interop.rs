@@ -14,12 +14,11 @@
 //! - training on several GPUs wraps the model in `DataParallel`: every key then starts `module.`;
 //! - batch norm's momentum (0.9, PyTorch's convention) and LeakyReLU's slope (0.2) are not in
 //!   the file: they are the code's constants.
-use crate::config::{Config, ModelConfig, NormKind, Sources};
+use crate::config::{Config, DataFormat, ModelConfig, NormKind, Sources};
 use crate::data::Split;
-use crate::eval::evaluate;
 use crate::model::Wrn;
 use crate::store::pickle;
-use crate::run::RunDir;
+use crate::run::{Checkpoint, RunDir};
 use crate::store::checkpoint;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use safetensors::SafeTensors;
@@ -40,6 +39,11 @@ pub struct Arch {
 }
 
 impl Arch {
+    /// The network's settings: the shapes, and the constants the file does not hold (module doc).
+    pub fn model_config(&self) -> ModelConfig {
+        ModelConfig { depth: self.depth, widen: self.widen, norm: self.norm, bn_momentum: 0.9, slope: 0.2, dropout: 0.0 }
+    }
+
     /// `WRN-28-10 (batch norm, 3 input channel(s), 10 classes)`.
     pub fn describe(&self) -> String {
         let norm = match self.norm {
@@ -51,41 +55,39 @@ impl Arch {
 }
 
 /// Whose code an exported file is laid out for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Layout {
     /// sndnyang/JEMPP and sndnyang/SADAJEM.
+    #[value(alias = "jempp")]
     Sadajem,
     /// wgrathwohl/JEM: the same, plus its Wide-ResNet's unused `f.linear` (10 classes).
     Jem,
 }
 
-impl std::str::FromStr for Layout {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "sadajem" | "jempp" => Ok(Layout::Sadajem),
-            "jem" => Ok(Layout::Jem),
-            _ => bail!("layout `{s}`: expected `sadajem` (also JEM++'s code) or `jem`"),
-        }
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Sadajem => "sadajem",
+            Layout::Jem => "jem",
+        })
     }
 }
 
 /// The file format of an export.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// `torch.save`'s zip format: `torch.load` reads it.
+    #[value(alias = "pt")]
     Pytorch,
     Safetensors,
 }
 
-impl std::str::FromStr for Format {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "pytorch" | "pt" => Ok(Format::Pytorch),
-            "safetensors" => Ok(Format::Safetensors),
-            _ => bail!("format `{s}`: expected `pytorch` or `safetensors`"),
-        }
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Pytorch => "pytorch",
+            Format::Safetensors => "safetensors",
+        })
     }
 }
 
@@ -625,41 +627,34 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
         );
     }
     // What the file says, over the preset; the user's --set over both.
-    let mut sets = vec![
-        format!("model.depth={}", a.depth),
-        format!("model.widen={}", a.widen),
-        format!("model.norm=\"{}\"", if a.norm == NormKind::Batch { "batch" } else { "none" }),
-        "model.bn_momentum=0.9".to_string(),
-        "model.slope=0.2".to_string(),
-        "model.dropout=0.0".to_string(),
-        format!("data.channels={}", a.channels),
-    ];
+    let mut cfg = Config::from_sources(&Sources { preset: Some(preset), ..Default::default() })?;
+    cfg.model = a.model_config();
+    cfg.data.channels = a.channels as usize;
     let mut settings_from = "depth, widen, norm, channels, classes: the tensor shapes; bn_momentum 0.9, slope 0.2, dropout 0: \
                              the reference code's constants (not in the file)"
         .to_string();
     if let Some((sidecar, recorded)) = recorded_settings(opts.file) {
-        for key in ["bn_momentum", "slope", "dropout"] {
-            if let Some(v) = recorded.get(key).and_then(Value::as_f64) {
-                sets.push(format!("model.{key}={v:?}"));
+        let value = |key: &str| recorded.get(key).and_then(Value::as_f64);
+        let m = &mut cfg.model;
+        for (key, slot) in [("bn_momentum", &mut m.bn_momentum), ("slope", &mut m.slope), ("dropout", &mut m.dropout)] {
+            if let Some(v) = value(key) {
+                *slot = v;
             }
         }
         settings_from = format!("depth, widen, norm, channels, classes: the tensor shapes; bn_momentum, slope, dropout: {}", sidecar.display());
     }
     if let Some(b) = &r.buffer {
         if b.dim() == 4 && (8..=512).contains(&b.size()[2]) {
-            sets.push(format!("data.image_size={}", b.size()[2]));
+            cfg.data.image_size = b.size()[2] as usize;
         }
     }
     if let Some(dir) = opts.data {
-        let dir = toml::Value::String(dir.to_string_lossy().into_owned());
-        sets.push(format!("data.dir={dir}"));
-        sets.push("data.format=\"auto\"".to_string());
+        (cfg.data.dir, cfg.data.format) = (dir.to_path_buf(), DataFormat::Auto);
     }
     if !opts.overrides.is_empty() {
         settings_from += "; then --set";
     }
-    sets.extend(opts.overrides.iter().cloned());
-    let cfg = Config::from_sources(&Sources { preset: Some(preset), file: None, overrides: &sets })?;
+    let cfg = cfg.overridden(opts.overrides)?;
 
     let OnOurs { vs, mapped, ignored, .. } = map_onto(&r, &cfg.model)?;
     let test = crate::data::split::load_split(&cfg, Split::Test)?;
@@ -796,8 +791,7 @@ fn write_import(
 /// What `sadajem export` is asked to do.
 pub struct ExportOptions<'a> {
     pub run_dir: &'a Path,
-    /// `best`, `latest` or a checkpoint file.
-    pub checkpoint: &'a str,
+    pub checkpoint: &'a Checkpoint,
     pub format: Format,
     /// Default: RUN/export/<checkpoint name>.{pt,safetensors}.
     pub out: Option<&'a Path>,
@@ -809,7 +803,7 @@ pub struct ExportOptions<'a> {
 pub fn export(opts: &ExportOptions) -> Result<(PathBuf, PathBuf)> {
     let run = RunDir::open(opts.run_dir)?;
     let cfg = Config::load(&run.config())?;
-    let ckpt = evaluate::resolve_checkpoint(&run, opts.checkpoint);
+    let ckpt = run.checkpoint(opts.checkpoint, cfg.data.n_valid > 0);
     let (tensors, _): (_, Value) = checkpoint::load(&ckpt)?;
     let dim = |key: &str, d: usize| -> Result<i64> {
         let t = tensors.get(key).ok_or_else(|| anyhow!("{}: checkpoint lacks `{key}`", ckpt.display()))?;
@@ -899,7 +893,7 @@ mod tests {
     }
 
     fn model_config(a: &Arch) -> ModelConfig {
-        ModelConfig { depth: a.depth, widen: a.widen, norm: a.norm, bn_momentum: 0.9, slope: 0.2, dropout: 0.0 }
+        a.model_config()
     }
 
     /// The fixture's inputs and the logits PyTorch computed for them.
@@ -1001,7 +995,7 @@ mod tests {
         };
         let (original, buffer) = with_slope(&fixture("checkpoint.pt"));
         for format in [Format::Pytorch, Format::Safetensors] {
-            let opts = ExportOptions { run_dir: &run, checkpoint: "best", format, out: None, layout: Layout::Sadajem };
+            let opts = ExportOptions { run_dir: &run, checkpoint: &Checkpoint::Best, format, out: None, layout: Layout::Sadajem };
             let (file, about) = export(&opts).unwrap();
             assert!(about.exists(), "{}", about.display());
             let (logits, b) = with_slope(&file);

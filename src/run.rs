@@ -11,6 +11,62 @@ use std::path::{Path, PathBuf};
 /// Tests set this to play out a full disk without filling one (see [`free_bytes`]).
 pub const FREE_BYTES_ENV: &str = "SADAJEM_TEST_FREE_BYTES";
 
+/// One metric of `sadajem eval`, in the order `eval` runs them; each writes `eval/<name>.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "torch", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Accuracy,
+    Calibration,
+    Ood,
+    Robustness,
+    Generation,
+    Fid,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] = [Metric::Accuracy, Metric::Calibration, Metric::Ood, Metric::Robustness, Metric::Generation, Metric::Fid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::Calibration => "calibration",
+            Metric::Ood => "ood",
+            Metric::Robustness => "robustness",
+            Metric::Generation => "generation",
+            Metric::Fid => "fid",
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which of a run's checkpoints a command reads: `best`, `latest`, or a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// The best validation accuracy's (`checkpoints/best.safetensors`).
+    Best,
+    Latest,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Checkpoint {
+    type Err = std::convert::Infallible;
+
+    /// `best`, `latest`, anything else a path.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "best" => Checkpoint::Best,
+            "latest" => Checkpoint::Latest,
+            path => Checkpoint::File(PathBuf::from(path)),
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RunDir {
     pub root: PathBuf,
@@ -213,6 +269,22 @@ impl RunDir {
         self.root.join("eval")
     }
     /// `tensorboard/`: the training event file; `tensorboard/eval/`: eval's.
+    /// `eval/<metric>.json`, the record one metric of `sadajem eval` writes.
+    pub fn eval_record(&self, metric: Metric) -> PathBuf {
+        self.eval().join(format!("{}.json", metric.name()))
+    }
+
+    /// The checkpoint `which` names. A run without a validation split (`data.n_valid = 0`) has
+    /// no best checkpoint: there `best` is the last one.
+    pub fn checkpoint(&self, which: &Checkpoint, has_validation: bool) -> PathBuf {
+        match which {
+            Checkpoint::Best if !has_validation && !self.best().exists() => self.latest(),
+            Checkpoint::Best => self.best(),
+            Checkpoint::Latest => self.latest(),
+            Checkpoint::File(path) => path.clone(),
+        }
+    }
+
     pub fn tensorboard(&self) -> PathBuf {
         self.root.join("tensorboard")
     }

@@ -1,8 +1,8 @@
 //! Which images of the configured dataset a run sees: one split read with the `data.*`
 //! settings, and the training images left after the seeded validation split. Training,
 //! evaluation, the benchmark and import all take their images from here.
-use super::{download, loader, FolderOptions, ImageSet, Split};
-use crate::config::Config;
+use super::{download, loader, FolderOptions, Format, ImageSet, Split};
+use crate::config::{Config, DataFormat};
 use anyhow::{bail, Context, Result};
 
 /// The validation split is drawn with a fixed seed, so runs with different training seeds are
@@ -13,13 +13,13 @@ pub const SPLIT_SEED: u64 = 0x5ADA_7E11;
 pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
     let d = &cfg.data;
     if !d.dir.exists() {
-        if let Some(fetch) = download::fetch_command(&d.dir, d.format.parse().ok()) {
+        if let Some(fetch) = download::fetch_command(&d.dir, named_format(d.format)) {
             bail!("data.dir = {}: no such directory; `{fetch}` fetches it", d.dir.display());
         }
     }
-    let format = match d.format.as_str() {
-        "auto" => super::detect_format(&d.dir)?,
-        f => f.parse()?,
+    let format = match named_format(d.format) {
+        Some(f) => f,
+        None => super::detect_format(&d.dir)?,
     };
     let opts = FolderOptions { channels: d.channels, size: d.image_size };
     let mut set = super::load(&d.dir, format, split, opts)
@@ -31,6 +31,18 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
     Ok(set)
 }
 
+
+/// The reader `data.format` names (None: `auto`, detected from the files).
+pub fn named_format(format: DataFormat) -> Option<Format> {
+    match format {
+        DataFormat::Auto => None,
+        DataFormat::Idx => Some(Format::Idx),
+        DataFormat::Cifar10 => Some(Format::Cifar10),
+        DataFormat::Cifar100 => Some(Format::Cifar100),
+        DataFormat::Svhn => Some(Format::Svhn),
+        DataFormat::Folder => Some(Format::Folder),
+    }
+}
 
 /// The training and validation images of a set of `n`: the seeded validation split of
 /// `data.n_valid` images, the same for every training seed.

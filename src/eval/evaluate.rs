@@ -7,7 +7,7 @@ use crate::config::{Config, InitKind, NetMode};
 use crate::data::{self, augment, augment::Augment, split, FolderOptions, ImageSet, Split};
 use crate::model::{energy, Mode, Wrn};
 use crate::report::{grid, plots};
-use crate::run::RunDir;
+use crate::run::{Metric, RunDir};
 use crate::sampler::{init, sgld};
 use crate::store::checkpoint;
 use anyhow::{bail, Context, Result};
@@ -21,12 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
-/// Every metric `--only` accepts, in the order `eval` runs them.
-pub const METRICS: &[&str] = &["accuracy", "calibration", "ood", "robustness", "generation", "fid"];
-
 /// What a finished metric reports on the console.
 pub struct Outcome {
-    pub metric: String,
+    pub metric: Metric,
     pub summary: String,
     pub file: PathBuf,
 }
@@ -51,18 +48,6 @@ pub struct Evaluation<'a> {
     test_logits: OnceCell<Tensor>,
 }
 
-/// `best`, `latest` or a path. A run without a validation split (`data.n_valid = 0`) has no
-/// best checkpoint: there `best` is the last one.
-pub fn resolve_checkpoint(run: &RunDir, which: &str) -> PathBuf {
-    let no_validation = || Config::load(&run.config()).is_ok_and(|c| c.data.n_valid == 0);
-    match which {
-        "best" if !run.best().exists() && no_validation() => run.latest(),
-        "best" => run.best(),
-        "latest" => run.latest(),
-        path => PathBuf::from(path),
-    }
-}
-
 /// Per-sample L2 norm over all but the first dimension.
 fn norms(x: &Tensor) -> Tensor {
     x.flatten(1, -1).norm_scalaropt_dim(2.0, [1], false)
@@ -74,7 +59,7 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 
 impl<'a> Evaluation<'a> {
     pub fn new(cfg: &'a Config, run: &RunDir, checkpoint: &Path) -> Result<Self> {
-        let device = crate::engine::parse_device(&cfg.train.device)?;
+        let device = crate::engine::parse_device(cfg.train.device)?;
         let mut test = split::load_split(cfg, Split::Test)?;
         test.keep_first(cfg.eval.n_test);
         let vs = nn::VarStore::new(device);
@@ -103,20 +88,19 @@ impl<'a> Evaluation<'a> {
     }
 
     /// Runs the named metrics; each writes its JSON and plots as soon as it is done.
-    pub fn run(&self, metrics: &[&str], mut report: impl FnMut(&Outcome)) -> Result<Vec<Outcome>> {
+    pub fn run(&self, metrics: &[Metric], mut report: impl FnMut(&Outcome)) -> Result<Vec<Outcome>> {
         let mut done = vec![];
         for &m in metrics {
             // Each metric draws from its own seeded stream, whichever others run.
             crate::engine::seed_torch(self.cfg.eval.seed);
             let started = Instant::now();
             let (mut record, summary) = match m {
-                "accuracy" => self.accuracy()?,
-                "calibration" => self.calibration()?,
-                "ood" => self.ood()?,
-                "robustness" => self.robustness()?,
-                "generation" => self.generation()?,
-                "fid" => self.fid()?,
-                other => bail!("unknown metric `{other}`; expected any of {}", METRICS.join(", ")),
+                Metric::Accuracy => self.accuracy()?,
+                Metric::Calibration => self.calibration()?,
+                Metric::Ood => self.ood()?,
+                Metric::Robustness => self.robustness()?,
+                Metric::Generation => self.generation()?,
+                Metric::Fid => self.fid()?,
             };
             record["metric"] = json!(m);
             record["checkpoint"] = json!(self.checkpoint.display().to_string());
@@ -127,10 +111,10 @@ impl<'a> Evaluation<'a> {
                 "n_test": self.test.n,
             });
             record["seconds"] = json!(started.elapsed().as_secs_f64());
-            let file = self.out.join(format!("{m}.json"));
+            let file = self.run.eval_record(m);
             crate::store::atomic::write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
             crate::report::tensorboard::write_eval(&self.run)?;
-            let outcome = Outcome { metric: m.to_string(), summary, file };
+            let outcome = Outcome { metric: m, summary, file };
             report(&outcome);
             done.push(outcome);
         }

@@ -285,13 +285,13 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
 
     h += "<section id=\"evaluation\"><h2>Evaluation</h2>\n";
     let mut any = false;
-    for metric in crate::eval::evaluate::METRICS {
+    for metric in crate::run::Metric::ALL {
         let Some(v) = read_json(run, &format!("eval/{metric}.json")) else { continue };
         any = true;
         let _ = writeln!(h, "<h3 id=\"eval-{metric}\">{metric}</h3>");
         h += &table(&rows_of(&v));
         let mut pictures: Vec<String> = v["plots"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(String::from)).collect();
-        if pictures.is_empty() && *metric == "calibration" {
+        if pictures.is_empty() && metric == crate::run::Metric::Calibration {
             pictures.push("reliability.png".into());
         }
         h += "<div class=\"row\">\n";
@@ -318,7 +318,7 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
     if let Some(s) = fin.as_ref().and_then(|f| f["train_seconds"].as_f64()) {
         timing.push(("training".into(), format!("{s:.0} s")));
     }
-    for metric in crate::eval::evaluate::METRICS {
+    for metric in crate::run::Metric::ALL {
         if let Some(s) = read_json(run, &format!("eval/{metric}.json")).and_then(|v| v["seconds"].as_f64()) {
             timing.push((format!("eval: {metric}"), format!("{s:.1} s")));
         }

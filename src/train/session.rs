@@ -76,7 +76,7 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn load(cfg: &Config) -> Result<Inputs> {
-        let device = engine::parse_device(&cfg.train.device)?;
+        let device = engine::parse_device(cfg.train.device)?;
         let train_set = split::load_split(cfg, crate::data::Split::Train)?;
         let test_set = split::load_split(cfg, crate::data::Split::Test)?;
         let d = &cfg.data;
