@@ -441,8 +441,7 @@ mod tests {
 
     #[test]
     fn flops_of_a_sada_jem_iteration() {
-        let mut cfg = Config::default();
-        cfg.model = ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() };
+        let mut cfg = Config { model: ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() }, ..Config::default() };
         cfg.train.recipe = Recipe::Sadajem;
         cfg.optim.sam_rho = 2.0;
         cfg.data.batch_size = 128;

@@ -34,7 +34,7 @@ pub struct Pgd {
 /// Per-sample L2 norm over every dimension but the first, shaped to broadcast against `x`.
 fn sample_norms(x: &Tensor) -> Tensor {
     let n = x.size()[0];
-    let shape: Vec<i64> = std::iter::once(n).chain(std::iter::repeat(1).take(x.dim() - 1)).collect();
+    let shape: Vec<i64> = std::iter::once(n).chain(std::iter::repeat_n(1, x.dim() - 1)).collect();
     x.view([n, -1]).norm_scalaropt_dim(2.0, [1], false).view(shape.as_slice())
 }
 
@@ -75,7 +75,7 @@ pub fn pgd(classify: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor, p: &Pgd
             Norm::L2 => {
                 let dir = x.randn_like();
                 let radius = Tensor::rand([x.size()[0]], (Kind::Float, x.device())) * p.eps;
-                let shape: Vec<i64> = std::iter::once(x.size()[0]).chain(std::iter::repeat(1).take(x.dim() - 1)).collect();
+                let shape: Vec<i64> = std::iter::once(x.size()[0]).chain(std::iter::repeat_n(1, x.dim() - 1)).collect();
                 &dir / (sample_norms(&dir) + 1e-12) * radius.view(shape.as_slice()).to_kind(x.kind())
             }
         };

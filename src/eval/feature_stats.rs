@@ -214,6 +214,7 @@ impl std::str::FromStr for ImageSpec {
 }
 
 /// FID and KID of `images` against `reference` (a dataset), each dataset's statistics cached.
+#[allow(clippy::too_many_arguments)] // the `sadajem fid` options, one each
 pub fn compare_specs(
     images: &ImageSpec,
     reference: &ImageSpec,

@@ -250,17 +250,17 @@ mod tests {
         vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
     }
 
-    /// WRN-28-10, 3 channels, 10 classes, batch norm, counted by hand from docs/method.md §1:
-    /// conv1 3·16·9+16 = 448.
-    /// group 1 (16→160): first block bn 2·16 + conv 16·160·9+160 + bn 2·160 + conv 160·160·9+160
-    ///   + shortcut 16·160+160 = 256,832; three more blocks 2·160+230,560+2·160+230,560 = 461,760
-    ///   each → 1,642,112.
-    /// group 2 (160→320): 320+461,120+640+921,920+51,520 = 1,435,520; three of
-    ///   640+921,920+640+921,920 = 1,845,120 → 6,970,880.
-    /// group 3 (320→640): 640+1,843,840+1,280+3,687,040+205,440 = 5,738,240; three of
-    ///   1,280+3,687,040+1,280+3,687,040 = 7,376,640 → 27,868,160.
-    /// head: bn 2·640 + linear 640·10+10 = 7,690.
-    /// Total 36,489,290 (the reference reports ≈ 36.5 M).
+    // WRN-28-10, 3 channels, 10 classes, batch norm, counted by hand from docs/method.md §1:
+    // conv1 3·16·9+16 = 448.
+    // group 1 (16→160): first block bn 2·16 + conv 16·160·9+160 + bn 2·160 + conv 160·160·9+160
+    //   + shortcut 16·160+160 = 256,832; three more blocks 2·160+230,560+2·160+230,560 = 461,760
+    //   each → 1,642,112.
+    // group 2 (160→320): 320+461,120+640+921,920+51,520 = 1,435,520; three of
+    //   640+921,920+640+921,920 = 1,845,120 → 6,970,880.
+    // group 3 (320→640): 640+1,843,840+1,280+3,687,040+205,440 = 5,738,240; three of
+    //   1,280+3,687,040+1,280+3,687,040 = 7,376,640 → 27,868,160.
+    // head: bn 2·640 + linear 640·10+10 = 7,690.
+    // Total 36,489,290 (the reference reports ≈ 36.5 M).
     #[test]
     fn wrn_28_10_parameter_count() {
         assert_eq!(count(28, 10, NormKind::Batch, 3, 10), 36_489_290);

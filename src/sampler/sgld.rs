@@ -3,6 +3,7 @@
 //! - `clipped` (SADA-JEM): x ← clamp(x + α·clamp(∇x, −1, 1) + σ·ε, −1, 1)
 //! - `pyld` (JEM++):       M outer steps, each followed by N clipped inner steps of size α_inner
 //!   with the gradient of the outer step held fixed.
+//!
 //! ∇x is the gradient of Σ LSE(f(x)) (unconditional) or Σ f(x)[y] (class-conditional).
 //!
 //! About PYLD: JEM++ backpropagates once to the first conv's output h and then takes the inner

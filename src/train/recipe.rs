@@ -209,11 +209,11 @@ fn joint_loss(
         if !l_px_value.is_finite() || l_px_value.abs() > w.diverge_at {
             return Err(Diverged { what: format!("|L_px| = {l_px_value:.4e} exceeds loss.diverge_at = {:e}", w.diverge_at) });
         }
-        loss = loss + l_px * w.w_px;
+        loss += l_px * w.w_px;
         if w.l2 > 0.0 {
             let penalty = (lse_data.square() + lse_sample.square()).mean(None) * w.l2;
             px_stats.l2 = Some(penalty.double_value(&[]));
-            loss = loss + penalty;
+            loss += penalty;
         }
         stats.px = Some(px_stats);
     }
@@ -232,8 +232,7 @@ mod tests {
     use tch::{nn, Device, Kind};
 
     fn tiny(recipe: Recipe, sam_rho: f64) -> (Config, nn::VarStore, Learner, Chains) {
-        let mut cfg = Config::default();
-        cfg.model = ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() };
+        let mut cfg = Config { model: ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() }, ..Config::default() };
         cfg.train.recipe = recipe;
         cfg.sampler = SamplerConfig { batch_size: 8, steps: 2, ..SamplerConfig::default() };
         let (vs, learner, chains) = build(&cfg, sam_rho);

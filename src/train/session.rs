@@ -411,7 +411,7 @@ fn check_workers(cfg: &Config, train_images: usize, workers: usize) -> Result<()
     if train_images < d.batch_size * workers {
         bail!("{workers} workers × data.batch_size = {} need at least that many training images; there are {train_images}", d.batch_size * workers);
     }
-    if cfg.train.recipe != Recipe::Softmax && cfg.sampler.buffer_size % workers != 0 {
+    if cfg.train.recipe != Recipe::Softmax && !cfg.sampler.buffer_size.is_multiple_of(workers) {
         bail!("sampler.buffer_size = {} must divide evenly among the {workers} workers (each keeps a shard)", cfg.sampler.buffer_size);
     }
     Ok(())

@@ -85,17 +85,17 @@ fn epoch(s: &mut Session, progress: &mut Progress, clock: &Clock) -> Result<Opti
         s.state.iter += 1;
         let iter = s.state.iter;
         let last = b + 1 == per_epoch;
-        let log = (iter % cfg.train.log_every == 0 || last).then_some((iter, epoch, lr));
+        let log = (iter.is_multiple_of(cfg.train.log_every) || last).then_some((iter, epoch, lr));
         // Images of the global batch: the job's throughput. The losses are rank 0's slice.
         progress.step(&stats, it.images, log)?;
         let every = cfg.train.sample_every;
-        if let Some(chains) = s.chains.as_ref().filter(|_| s.world.is_primary() && every > 0 && iter % every == 0) {
+        if let Some(chains) = s.chains.as_ref().filter(|_| s.world.is_primary() && every > 0 && iter.is_multiple_of(every)) {
             let png = s.run.sample_grid(iter);
             save_buffer_grid(&chains.buffer, &png)?;
             progress.grid(&png, iter)?;
         }
         let every = cfg.train.checkpoint_every;
-        if every > 0 && iter % every == 0 && !last {
+        if every > 0 && iter.is_multiple_of(every) && !last {
             s.state.train_seconds = clock.seconds();
             s.save_latest()?;
         }
@@ -220,8 +220,7 @@ mod tests {
     }
 
     fn tiny() -> Config {
-        let mut cfg = Config::default();
-        cfg.model = ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() };
+        let mut cfg = Config { model: ModelConfig { depth: 10, widen: 1, ..ModelConfig::default() }, ..Config::default() };
         (cfg.data.channels, cfg.data.image_size, cfg.data.n_valid, cfg.data.batch_size) = (1, 8, 10, 10);
         (cfg.data.eval_batch_size, cfg.optim.warmup_iters) = (10, 1);
         cfg
