@@ -2,37 +2,41 @@
 //! generative model p(x) ∝ exp(logsumexp f(x)) — trained with SADA-JEM, JEM, JEM++ or plain
 //! softmax recipes on libtorch (tch).
 //!
-//! Where each idea lives:
-//! - [`config`]: typed settings, presets (`configs/`), `--set key=value`, validation.
-//! - [`engine`]: device, threads, seeding, bf16 autocast, channels_last: the only place that
-//!   sets libtorch globals.
-//! - [`shim`]: the Rust side of `csrc/shim.cpp` (what tch lacks, e.g. LeakyReLU's slope).
-//! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; augmentation; loaders;
-//!   `sadajem data download` ([`data::download`]: the published datasets, checksummed).
+//! Where each idea lives, bottom layer first (docs/architecture.md draws the layers; each uses
+//! only those above it in this list):
+//! - [`text`], [`memory`]: how untrusted text is echoed in messages; what this machine's memory
+//!   allows, checked before large allocations.
+//! - [`store`]: atomic writes, the checkpoint file format, and `torch.save` files without Python
+//!   ([`store::pickle`]: their tensors read within a memory budget whatever the file claims,
+//!   nested dicts of tensors written).
+//! - [`records`]: the typed lines of `metrics.jsonl`, `final.json` and the `eval/*.json` records
+//!   that the writers and every reader share.
+//! - [`run`]: the run directory — every path in it, checkpoint resolution, the metric names.
+//! - [`config`]: typed settings, presets (`configs/`), `--set key=value`, validation per section.
+//! - [`engine`], [`shim`]: device, threads, seeding, bf16 autocast, channels_last — the only
+//!   places that set libtorch globals — and the Rust side of `csrc/` (what tch lacks).
+//! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; the seeded validation
+//!   split ([`data::split`]); augmentation; the batches of an iteration ([`data::batches`]);
+//!   `sadajem data download` ([`data::download`]).
 //! - [`model`]: the Wide-ResNet ([`model::wrn`]) and its energy view ([`model::energy`]).
+//! - [`optim`]: SGD and Adam with coupled weight decay, SAM/ASAM, the learning-rate schedule.
 //! - [`sampler`]: SGLD — starting points ([`sampler::init`]), the replay buffer
 //!   ([`sampler::buffer`]), the JEM / SADA-JEM / JEM++ step rules ([`sampler::sgld`]).
-//! - [`report`]: sample grids and plots (PNG), the HTML report, TensorBoard event files
-//!   ([`report::tensorboard`]).
-//! - [`optim`]: SGD with momentum and coupled weight decay; the learning-rate schedule.
-//! - [`train`]: one iteration per recipe ([`train::recipe`]), the loop ([`train::trainer`]),
-//!   atomic checkpoints ([`train::checkpoint`]).
-//! - [`eval`]: metrics as pure functions (accuracy, calibration, OOD, attack, FID/KID/IS), the
-//!   Inception network ([`eval::inception`]), and the `sadajem eval` driver ([`eval::evaluate`]).
-//! - [`bench`]: `sadajem bench`, the parts of a training iteration timed (and PyTorch's, with
-//!   `bench/reference_step.py`).
-//! - [`run`]: the run-directory layout every command reads and writes.
-//! - [`pickle`]: the `torch.save` file format without Python: its tensors read (within a memory
-//!   budget, whatever the file claims), nested dicts of tensors written.
-//! - [`memory`]: what this machine's memory allows, checked before large allocations.
-//! - [`interop`]: the authors' JEM / JEM++ / SADA-JEM checkpoints → runs (`sadajem import`) and
-//!   runs → their layout (`sadajem export`).
-//!
-//! - [`text`]: what a file or a user gave, echoed in messages only so far.
+//! - [`report`]: sample grids and plots (PNG), the HTML report, `compare`, TensorBoard event
+//!   files ([`report::tensorboard`]).
+//! - [`eval`]: each metric's pure functions beside its driver (accuracy, calibration, OOD,
+//!   robustness, generation, FID/KID/IS), the Inception network ([`eval::inception`]), and
+//!   [`eval::evaluate`], which loads a checkpoint once and runs the metrics asked for.
+//! - [`train`]: one iteration per recipe ([`train::recipe`]), the loop ([`train::trainer`]), a
+//!   run's start, resume, save and rollback ([`train::session`]), data parallel
+//!   ([`train::distributed`]).
+//! - [`bench`], [`interop`]: `sadajem bench`, the parts of a training iteration timed (and
+//!   PyTorch's, with `bench/reference_step.py`); the authors' JEM / JEM++ / SADA-JEM
+//!   checkpoints → runs (`sadajem import`) and runs → their layout (`sadajem export`).
 //!
 //! Everything that needs libtorch sits behind the default `torch` feature; without it the crate
 //! is its file formats alone ([`config`], the [`data`] readers, checkpoint files, `torch.save`
-//! files ([`pickle::archive`]), [`run`] directories), which is what the fuzz targets in `fuzz/`
+//! files ([`store::pickle::archive`]), [`run`] directories), which is what the fuzz targets in `fuzz/`
 //! build against.
 #[cfg(feature = "torch")]
 pub mod bench;

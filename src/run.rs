@@ -1,4 +1,4 @@
-//! A run is a directory (design.md): `config.toml`, `metrics.jsonl`, `checkpoints/`,
+//! A run is a directory (docs/architecture.md): `config.toml`, `metrics.jsonl`, `checkpoints/`,
 //! `final.json`. Every command reads and writes runs through this one layout.
 //!
 //! `checkpoints/` holds `latest.safetensors`, the older ones kept beside it as
