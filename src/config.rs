@@ -658,97 +658,16 @@ impl Config {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
+    /// Every section's own checks, then what the sections allow together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn check(ok: bool, key: &'static str, value: impl ToString, expected: &'static str) -> Result<(), ConfigError> {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::OutOfRange { key, value: echo(&value.to_string()), expected })
-            }
-        }
         check_finite(&toml::Value::try_from(self).expect("config serialises"), "")?;
-        let (m, d, o, t) = (&self.model, &self.data, &self.optim, &self.train);
-        check(m.depth >= 10 && (m.depth - 4) % 6 == 0, "model.depth", m.depth, "expected 6n+4 with n ≥ 1 (10, 16, 22, 28, ...)")?;
-        check(m.widen >= 1, "model.widen", m.widen, "expected an integer ≥ 1")?;
-        check((0.0..=1.0).contains(&m.bn_momentum), "model.bn_momentum", m.bn_momentum, "expected a value in [0, 1] (PyTorch convention)")?;
-        check((0.0..1.0).contains(&m.slope), "model.slope", m.slope, "expected a LeakyReLU slope in [0, 1)")?;
-        check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "expected a rate in [0, 1)")?;
-        check(d.channels == 1 || d.channels == 3, "data.channels", d.channels, "expected 1 or 3")?;
-        check((8..=512).contains(&d.image_size), "data.image_size", d.image_size, "expected a size in 8..=512 pixels")?;
-        check(d.batch_size >= 1, "data.batch_size", d.batch_size, "expected ≥ 1")?;
-        check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "expected ≥ 1")?;
-        check(d.pad_crop <= 16, "data.pad_crop", d.pad_crop, "expected 0..=16 pixels")?;
-        check(d.noise >= 0.0, "data.noise", d.noise, "expected a standard deviation ≥ 0")?;
-        check(o.lr > 0.0, "optim.lr", o.lr, "expected > 0")?;
-        check((0.0..1.0).contains(&o.momentum), "optim.momentum", o.momentum, "expected a value in [0, 1)")?;
-        check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, "expected ≥ 0")?;
-        check(
-            o.adam_betas.iter().all(|b| (0.0..1.0).contains(b)),
-            "optim.adam_betas",
-            format!("{:?}", o.adam_betas),
-            "expected two values in [0, 1)",
-        )?;
-        check(o.adam_eps > 0.0 && o.adam_eps.is_finite(), "optim.adam_eps", o.adam_eps, "expected > 0")?;
-        check(o.sam_rho >= 0.0 && o.sam_rho.is_finite(), "optim.sam_rho", o.sam_rho, "expected ≥ 0 (0 = SAM off)")?;
-        check(o.decay_rate > 0.0, "optim.decay_rate", o.decay_rate, "expected > 0")?;
-        check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
-        check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
-        check(
-            !(t.backend == Backend::Nccl && t.device == DeviceSpec::Cpu),
-            "train.backend",
-            "nccl",
-            "expected gloo or auto with train.device = cpu (NCCL runs on GPUs only)",
-        )?;
-        check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
-        check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "expected ≥ 1 (1 = latest.safetensors alone)")?;
-        check(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor", t.rollback_lr_factor, "expected a factor in (0, 1]")?;
-        let (sm, l) = (&self.sampler, &self.loss);
-        check(sm.steps >= 1, "sampler.steps", sm.steps, "expected ≥ 1")?;
-        check(sm.step_size >= 0.0, "sampler.step_size", sm.step_size, "expected ≥ 0")?;
-        check(sm.noise >= 0.0, "sampler.noise", sm.noise, "expected ≥ 0")?;
-        check(sm.batch_size >= 1, "sampler.batch_size", sm.batch_size, "expected ≥ 1")?;
-        check(sm.buffer_size >= sm.batch_size, "sampler.buffer_size", sm.buffer_size, "expected ≥ sampler.batch_size")?;
-        check((0.0..=1.0).contains(&sm.reinit_freq), "sampler.reinit_freq", sm.reinit_freq, "expected a probability in [0, 1]")?;
-        check(sm.rank >= 1, "sampler.rank", sm.rank, "expected ≥ 1")?;
-        check(l.w_ce >= 0.0 && l.w_px >= 0.0, "loss.w_ce / loss.w_px", format!("{} / {}", l.w_ce, l.w_px), "expected weights ≥ 0")?;
-        check(l.l2 >= 0.0, "loss.l2", l.l2, "expected ≥ 0")?;
-        check(l.px_batch_size >= 1, "loss.px_batch_size", l.px_batch_size, "expected ≥ 1")?;
-        check(l.diverge_at > 0.0, "loss.diverge_at", l.diverge_at, "expected > 0")?;
-        let e = &self.eval;
-        check(e.ece_bins >= 1, "eval.ece_bins", e.ece_bins, "expected ≥ 1")?;
-        for (key, v) in [
-            ("eval.refine_step_size", e.refine_step_size),
-            ("eval.refine_noise", e.refine_noise),
-            ("eval.gen_step_size", e.gen_step_size),
-            ("eval.gen_noise", e.gen_noise),
-            ("eval.pgd_step_size", e.pgd_step_size),
-        ] {
-            check(v >= 0.0, key, v, "expected ≥ 0")?;
-        }
-        check(
-            e.pgd_norms.iter().all(|n| n == "linf" || n == "l2"),
-            "eval.pgd_norms",
-            format!("{:?}", e.pgd_norms),
-            "expected a list of `linf` and/or `l2`",
-        )?;
-        check(
-            e.pgd_linf_eps.iter().chain(&e.pgd_l2_eps).all(|v| *v >= 0.0 && v.is_finite()),
-            "eval.pgd_linf_eps / eval.pgd_l2_eps",
-            format!("{:?} / {:?}", e.pgd_linf_eps, e.pgd_l2_eps),
-            "expected radii ≥ 0 (in 1/255 units)",
-        )?;
-        check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "expected ≥ 1")?;
-        check(e.pgd_n >= 1, "eval.pgd_n", e.pgd_n, "expected ≥ 1")?;
-        check(e.gen_n >= 1 && e.gen_per_class >= 1, "eval.gen_n / eval.gen_per_class", format!("{} / {}", e.gen_n, e.gen_per_class), "expected ≥ 1")?;
-        check(
-            e.fid_protocols.iter().all(|p| p == "buffer" || p == "fresh"),
-            "eval.fid_protocols",
-            format!("{:?}", e.fid_protocols),
-            "expected a list of `buffer` and/or `fresh`",
-        )?;
-        check(["train", "test", "train+test"].contains(&e.fid_reference.as_str()), "eval.fid_reference", &e.fid_reference, "expected train, test or train+test")?;
-        check(e.fid_n >= 2, "eval.fid_n", e.fid_n, "expected ≥ 2")?;
-        check(e.kid_subsets >= 1 && e.kid_subset_size >= 2, "eval.kid_subsets / eval.kid_subset_size", format!("{} / {}", e.kid_subsets, e.kid_subset_size), "expected ≥ 1 subset of ≥ 2")?;
+        self.model.validate()?;
+        self.data.validate()?;
+        self.optim.validate()?;
+        self.train.validate()?;
+        self.sampler.validate()?;
+        self.loss.validate()?;
+        self.eval.validate()?;
         self.check_memory()
     }
 
@@ -824,6 +743,143 @@ fn with_overrides(mut doc: toml::Value, overrides: &[String]) -> Result<Config, 
         doc.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: echo_lines(e.to_string().trim()) })?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// A setting's range check: the key, the value given and what was expected.
+fn check(ok: bool, key: &'static str, value: impl ToString, expected: &'static str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange { key, value: echo(&value.to_string()), expected })
+    }
+}
+
+impl ModelConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let m = self;
+        check(m.depth >= 10 && (m.depth - 4) % 6 == 0, "model.depth", m.depth, "expected 6n+4 with n ≥ 1 (10, 16, 22, 28, ...)")?;
+        check(m.widen >= 1, "model.widen", m.widen, "expected an integer ≥ 1")?;
+        check((0.0..=1.0).contains(&m.bn_momentum), "model.bn_momentum", m.bn_momentum, "expected a value in [0, 1] (PyTorch convention)")?;
+        check((0.0..1.0).contains(&m.slope), "model.slope", m.slope, "expected a LeakyReLU slope in [0, 1)")?;
+        check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "expected a rate in [0, 1)")?;
+        Ok(())
+    }
+}
+
+impl DataConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let d = self;
+        check(d.channels == 1 || d.channels == 3, "data.channels", d.channels, "expected 1 or 3")?;
+        check((8..=512).contains(&d.image_size), "data.image_size", d.image_size, "expected a size in 8..=512 pixels")?;
+        check(d.batch_size >= 1, "data.batch_size", d.batch_size, "expected ≥ 1")?;
+        check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "expected ≥ 1")?;
+        check(d.pad_crop <= 16, "data.pad_crop", d.pad_crop, "expected 0..=16 pixels")?;
+        check(d.noise >= 0.0, "data.noise", d.noise, "expected a standard deviation ≥ 0")?;
+        Ok(())
+    }
+}
+
+impl OptimConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let o = self;
+        check(o.lr > 0.0, "optim.lr", o.lr, "expected > 0")?;
+        check((0.0..1.0).contains(&o.momentum), "optim.momentum", o.momentum, "expected a value in [0, 1)")?;
+        check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, "expected ≥ 0")?;
+        check(
+            o.adam_betas.iter().all(|b| (0.0..1.0).contains(b)),
+            "optim.adam_betas",
+            format!("{:?}", o.adam_betas),
+            "expected two values in [0, 1)",
+        )?;
+        check(o.adam_eps > 0.0 && o.adam_eps.is_finite(), "optim.adam_eps", o.adam_eps, "expected > 0")?;
+        check(o.sam_rho >= 0.0 && o.sam_rho.is_finite(), "optim.sam_rho", o.sam_rho, "expected ≥ 0 (0 = SAM off)")?;
+        check(o.decay_rate > 0.0, "optim.decay_rate", o.decay_rate, "expected > 0")?;
+        check(o.decay_epochs.windows(2).all(|w| w[0] < w[1]), "optim.decay_epochs", format!("{:?}", o.decay_epochs), "expected increasing epochs")?;
+        Ok(())
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let t = self;
+        check(t.epochs >= 1, "train.epochs", t.epochs, "expected ≥ 1")?;
+        check(
+            !(t.backend == Backend::Nccl && t.device == DeviceSpec::Cpu),
+            "train.backend",
+            "nccl",
+            "expected gloo or auto with train.device = cpu (NCCL runs on GPUs only)",
+        )?;
+        check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
+        check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "expected ≥ 1 (1 = latest.safetensors alone)")?;
+        check(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor", t.rollback_lr_factor, "expected a factor in (0, 1]")?;
+        Ok(())
+    }
+}
+
+impl SamplerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let sm = self;
+        check(sm.steps >= 1, "sampler.steps", sm.steps, "expected ≥ 1")?;
+        check(sm.step_size >= 0.0, "sampler.step_size", sm.step_size, "expected ≥ 0")?;
+        check(sm.noise >= 0.0, "sampler.noise", sm.noise, "expected ≥ 0")?;
+        check(sm.batch_size >= 1, "sampler.batch_size", sm.batch_size, "expected ≥ 1")?;
+        check(sm.buffer_size >= sm.batch_size, "sampler.buffer_size", sm.buffer_size, "expected ≥ sampler.batch_size")?;
+        check((0.0..=1.0).contains(&sm.reinit_freq), "sampler.reinit_freq", sm.reinit_freq, "expected a probability in [0, 1]")?;
+        check(sm.rank >= 1, "sampler.rank", sm.rank, "expected ≥ 1")?;
+        Ok(())
+    }
+}
+
+impl LossConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = self;
+        check(l.w_ce >= 0.0 && l.w_px >= 0.0, "loss.w_ce / loss.w_px", format!("{} / {}", l.w_ce, l.w_px), "expected weights ≥ 0")?;
+        check(l.l2 >= 0.0, "loss.l2", l.l2, "expected ≥ 0")?;
+        check(l.px_batch_size >= 1, "loss.px_batch_size", l.px_batch_size, "expected ≥ 1")?;
+        check(l.diverge_at > 0.0, "loss.diverge_at", l.diverge_at, "expected > 0")?;
+        Ok(())
+    }
+}
+
+impl EvalConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let e = self;
+        check(e.ece_bins >= 1, "eval.ece_bins", e.ece_bins, "expected ≥ 1")?;
+        for (key, v) in [
+            ("eval.refine_step_size", e.refine_step_size),
+            ("eval.refine_noise", e.refine_noise),
+            ("eval.gen_step_size", e.gen_step_size),
+            ("eval.gen_noise", e.gen_noise),
+            ("eval.pgd_step_size", e.pgd_step_size),
+        ] {
+            check(v >= 0.0, key, v, "expected ≥ 0")?;
+        }
+        check(
+            e.pgd_norms.iter().all(|n| n == "linf" || n == "l2"),
+            "eval.pgd_norms",
+            format!("{:?}", e.pgd_norms),
+            "expected a list of `linf` and/or `l2`",
+        )?;
+        check(
+            e.pgd_linf_eps.iter().chain(&e.pgd_l2_eps).all(|v| *v >= 0.0 && v.is_finite()),
+            "eval.pgd_linf_eps / eval.pgd_l2_eps",
+            format!("{:?} / {:?}", e.pgd_linf_eps, e.pgd_l2_eps),
+            "expected radii ≥ 0 (in 1/255 units)",
+        )?;
+        check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "expected ≥ 1")?;
+        check(e.pgd_n >= 1, "eval.pgd_n", e.pgd_n, "expected ≥ 1")?;
+        check(e.gen_n >= 1 && e.gen_per_class >= 1, "eval.gen_n / eval.gen_per_class", format!("{} / {}", e.gen_n, e.gen_per_class), "expected ≥ 1")?;
+        check(
+            e.fid_protocols.iter().all(|p| p == "buffer" || p == "fresh"),
+            "eval.fid_protocols",
+            format!("{:?}", e.fid_protocols),
+            "expected a list of `buffer` and/or `fresh`",
+        )?;
+        check(["train", "test", "train+test"].contains(&e.fid_reference.as_str()), "eval.fid_reference", &e.fid_reference, "expected train, test or train+test")?;
+        check(e.fid_n >= 2, "eval.fid_n", e.fid_n, "expected ≥ 2")?;
+        check(e.kid_subsets >= 1 && e.kid_subset_size >= 2, "eval.kid_subsets / eval.kid_subset_size", format!("{} / {}", e.kid_subsets, e.kid_subset_size), "expected ≥ 1 subset of ≥ 2")?;
+        Ok(())
+    }
 }
 
 /// NaN or an infinity in any setting is a typo or an overflow, never a choice; the range checks
