@@ -613,6 +613,64 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
         );
     }
     let a = r.arch;
+    let (cfg, preset, settings_from) = imported_config(opts, &r)?;
+
+    let OnOurs { vs, mapped, ignored, .. } = map_onto(&r, &cfg.model)?;
+    let test = crate::data::split::load_split(&cfg, Split::Test)?;
+    let data = cfg.data.dir.display();
+    ensure!(
+        test.channels as i64 == a.channels && test.num_classes as i64 == a.classes,
+        "{}: the model takes {} channel(s) and has {} classes, but {data} has {} channel(s) and {} classes; \
+         pass --data with the dataset it was trained on",
+        opts.file.display(),
+        a.channels,
+        a.classes,
+        test.channels,
+        test.num_classes
+    );
+    let mut notes = r.notes.clone();
+    if !r.checksummed {
+        notes.push(format!(
+            "the {} format carries no checksum of the tensor data: damage to the file would go unnoticed \
+             (torch.save's zip format has a CRC-32 per tensor, checked on reading)",
+            r.format
+        ));
+    }
+    let (buffer, buffer_json) = imported_buffer(&r, opts.file, &test, &cfg.data.dir, &mut notes)?;
+    let mut ignored = ignored;
+    ignored.extend(r.code.iter().map(|c| (c.name.to_string(), "ignored: would have run code under torch.load".to_string())));
+
+    let staging = staging_dir(opts.out)?;
+    let written = write_import(&staging, opts, &r, &cfg, preset, &sha256, (vs, mapped, &ignored), buffer.as_ref(), buffer_json, &notes, &settings_from)
+        .with_context(|| format!("{}: the import failed while writing; nothing was left behind", opts.out.display()))
+        .and_then(|arch| {
+            std::fs::rename(&staging, opts.out)
+                .with_context(|| format!("{}: cannot move the imported run there from {}", opts.out.display(), staging.display()))?;
+            Ok(arch)
+        });
+    let (arch, mapped) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    Ok(ImportSummary {
+        arch,
+        format: r.format,
+        preset: preset.to_string(),
+        mapped,
+        ignored: ignored.into_iter().map(|(k, _)| k).collect(),
+        buffer: buffer.map(|b| b.size()),
+        notes,
+        code,
+    })
+}
+
+/// The imported run's settings: the preset (named, or chosen by the norm), what the file's
+/// shapes and sidecar say over it, the user's `--set` over both; and where each came from.
+fn imported_config<'a>(opts: &ImportOptions<'a>, r: &ReferenceFile) -> Result<(Config, &'a str, String)> {
+    let a = r.arch;
     let preset = opts.preset.unwrap_or(match a.norm {
         NormKind::Batch => "sadajem-cifar10",
         NormKind::None => "jem-cifar10",
@@ -654,29 +712,13 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
     if !opts.overrides.is_empty() {
         settings_from += "; then --set";
     }
-    let cfg = cfg.overridden(opts.overrides)?;
+    Ok((cfg.overridden(opts.overrides)?, preset, settings_from))
+}
 
-    let OnOurs { vs, mapped, ignored, .. } = map_onto(&r, &cfg.model)?;
-    let test = crate::data::split::load_split(&cfg, Split::Test)?;
-    let data = cfg.data.dir.display();
-    ensure!(
-        test.channels as i64 == a.channels && test.num_classes as i64 == a.classes,
-        "{}: the model takes {} channel(s) and has {} classes, but {data} has {} channel(s) and {} classes; \
-         pass --data with the dataset it was trained on",
-        opts.file.display(),
-        a.channels,
-        a.classes,
-        test.channels,
-        test.num_classes
-    );
-    let mut notes = r.notes.clone();
-    if !r.checksummed {
-        notes.push(format!(
-            "the {} format carries no checksum of the tensor data: damage to the file would go unnoticed \
-             (torch.save's zip format has a CRC-32 per tensor, checked on reading)",
-            r.format
-        ));
-    }
+/// The file's replay buffer as float32, checked against the model and the dataset, and its
+/// imported.json entry; what is odd about it goes into `notes`.
+fn imported_buffer(r: &ReferenceFile, file: &Path, test: &crate::data::ImageSet, dir: &Path, notes: &mut Vec<String>) -> Result<(Option<Tensor>, Option<Value>)> {
+    let (a, data) = (&r.arch, dir.display());
     let buffer = match &r.buffer {
         None => None,
         Some(b) => {
@@ -684,7 +726,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
             ensure!(
                 size.len() == 4 && size[0] >= 1 && size[1] == a.channels,
                 "{}: `replay_buffer` has shape {size:?}; expected [N, {}, H, W] with N ≥ 1",
-                opts.file.display(),
+                file.display(),
                 a.channels
             );
             if (size[2], size[3]) != (test.height as i64, test.width as i64) {
@@ -706,34 +748,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
             Some(json!({"from": "replay_buffer", "to": "sampler.buffer", "shape": b.size(), "min": lo, "max": hi}))
         }
     };
-    let mut ignored = ignored;
-    ignored.extend(r.code.iter().map(|c| (c.name.to_string(), "ignored: would have run code under torch.load".to_string())));
-
-    let staging = staging_dir(opts.out)?;
-    let written = write_import(&staging, opts, &r, &cfg, preset, &sha256, (vs, mapped, &ignored), buffer.as_ref(), buffer_json, &notes, &settings_from)
-        .with_context(|| format!("{}: the import failed while writing; nothing was left behind", opts.out.display()))
-        .and_then(|arch| {
-            std::fs::rename(&staging, opts.out)
-                .with_context(|| format!("{}: cannot move the imported run there from {}", opts.out.display(), staging.display()))?;
-            Ok(arch)
-        });
-    let (arch, mapped) = match written {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
-    Ok(ImportSummary {
-        arch,
-        format: r.format,
-        preset: preset.to_string(),
-        mapped,
-        ignored: ignored.into_iter().map(|(k, _)| k).collect(),
-        buffer: buffer.map(|b| b.size()),
-        notes,
-        code,
-    })
+    Ok((buffer, buffer_json))
 }
 
 /// Writes the imported run into `dir`: config.toml, checkpoints/{best,latest}.safetensors,
