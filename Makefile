@@ -1,5 +1,5 @@
 # The README's two commands. Each does all its own set-up.
-.PHONY: demo test setup fuzz-smoke setup-cuda build-cuda gpu-check-dry-run
+.PHONY: demo test setup fuzz-smoke setup-cuda build-cuda gpu-check-dry-run lint
 
 # libtorch, and the FID Inception network in weights/ (both idempotent, silent once done).
 setup:
@@ -34,6 +34,11 @@ demo: setup
 test: setup
 	cargo test --no-fail-fast 2>&1
 	scripts/browser-test.sh target/test-artifacts/eval-run/report.html target/test-artifacts
+
+# The hygiene gates CI runs after the tests: formatting (rustfmt.toml) and clippy, warnings as errors.
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
 
 # Every fuzz target (fuzz/: dataset readers, checkpoint files, config, torch.save files) for FUZZ_SECONDS each from
 # its committed seeds; CI runs it after the tests. Installs cargo-fuzz once. No libtorch needed.
