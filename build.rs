@@ -13,7 +13,10 @@ fn main() {
     }));
     let include = libtorch.join("include");
     if !include.join("ATen/ATen.h").exists() {
-        panic!("LIBTORCH={} has no include/ATen/ATen.h: run scripts/setup-libtorch.sh or point LIBTORCH at a torch 2.11.0 install", libtorch.display());
+        panic!(
+            "LIBTORCH={} has no include/ATen/ATen.h: run scripts/setup-libtorch.sh or point LIBTORCH at a torch 2.11.0 install",
+            libtorch.display()
+        );
     }
     // Let the binary find (and, for CUDA, dlopen) the libtorch it was built against, wherever
     // LIBTORCH points; .cargo/config.toml adds repo-relative rpaths for ./libtorch as well.

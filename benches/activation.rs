@@ -21,10 +21,7 @@ fn main() {
     }
     shapes[0].0 = 16;
     shapes.push((256, 8));
-    let inputs: Vec<Tensor> = shapes
-        .iter()
-        .map(|&(c, s)| Tensor::randn([64, c, s, s], (Kind::Float, Device::Cpu)).set_requires_grad(true))
-        .collect();
+    let inputs: Vec<Tensor> = shapes.iter().map(|&(c, s)| Tensor::randn([64, c, s, s], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
     let weight = Tensor::from_slice(&[0.2f32]);
     let run = |act: &dyn Fn(&Tensor) -> Tensor| {
         for x in &inputs {
@@ -48,8 +45,5 @@ fn main() {
         y.sum(None).backward();
     });
     println!("  whole WRN-16-4 forward+backward (shim activations): {:.4} s", step);
-    println!(
-        "  the prelu workaround would add ≈{:.1}% to it",
-        100.0 * (prelu_s - shim_s) / step
-    );
+    println!("  the prelu workaround would add ≈{:.1}% to it", 100.0 * (prelu_s - shim_s) / step);
 }

@@ -15,10 +15,10 @@
 //! process's resident high-water mark, on CUDA the caching allocator's peak of bytes allocated
 //! to tensors (what PyTorch's torch.cuda.max_memory_allocated reads; the CUDA build only).
 use crate::config::{Config, DataFormat, Precision, Recipe};
+use crate::data::batches::{Batch, Batches};
 use crate::data::{ImageSet, Split};
 use crate::model::wrn::forward_flops;
 use crate::sampler::{buffer::ReplayBuffer, init::Init, sgld};
-use crate::data::batches::{Batch, Batches};
 use crate::train::recipe::{self, Chains, Learner, Samples};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
@@ -279,25 +279,44 @@ pub fn reference_args(cfg: &Config, ours: &Measured, opts: &Options, threads: us
     };
     let precision = if ours.precision == Precision::Bf16 { "bf16" } else { "fp32" };
     let mut args: Vec<String> = vec![
-        "--depth".into(), m.depth.to_string(),
-        "--widen".into(), m.widen.to_string(),
-        "--norm".into(), norm.into(),
-        "--slope".into(), m.slope.to_string(),
-        "--bn-momentum".into(), m.bn_momentum.to_string(),
-        "--channels".into(), set.0.to_string(),
-        "--size".into(), set.1.to_string(),
-        "--classes".into(), set.2.to_string(),
-        "--batch".into(), cfg.data.batch_size.to_string(),
-        "--px-batch".into(), cfg.loss.px_batch_size.to_string(),
-        "--sampler-batch".into(), cfg.sampler.batch_size.to_string(),
-        "--steps".into(), cfg.sampler.steps.to_string(),
-        "--rho".into(), cfg.optim.sam_rho.to_string(),
-        "--precision".into(), precision.into(),
-        "--device".into(), cfg.train.device.to_string(),
-        "--threads".into(), threads.to_string(),
-        "--warmup".into(), opts.warmup.to_string(),
-        "--iters".into(), opts.iters.to_string(),
-        "--seed".into(), cfg.train.seed.to_string(),
+        "--depth".into(),
+        m.depth.to_string(),
+        "--widen".into(),
+        m.widen.to_string(),
+        "--norm".into(),
+        norm.into(),
+        "--slope".into(),
+        m.slope.to_string(),
+        "--bn-momentum".into(),
+        m.bn_momentum.to_string(),
+        "--channels".into(),
+        set.0.to_string(),
+        "--size".into(),
+        set.1.to_string(),
+        "--classes".into(),
+        set.2.to_string(),
+        "--batch".into(),
+        cfg.data.batch_size.to_string(),
+        "--px-batch".into(),
+        cfg.loss.px_batch_size.to_string(),
+        "--sampler-batch".into(),
+        cfg.sampler.batch_size.to_string(),
+        "--steps".into(),
+        cfg.sampler.steps.to_string(),
+        "--rho".into(),
+        cfg.optim.sam_rho.to_string(),
+        "--precision".into(),
+        precision.into(),
+        "--device".into(),
+        cfg.train.device.to_string(),
+        "--threads".into(),
+        threads.to_string(),
+        "--warmup".into(),
+        opts.warmup.to_string(),
+        "--iters".into(),
+        opts.iters.to_string(),
+        "--seed".into(),
+        cfg.train.seed.to_string(),
         "--json".into(),
     ];
     if cfg.train.channels_last {
@@ -385,7 +404,8 @@ pub fn append(path: &Path, rec: &Value) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open for appending", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open for appending", path.display()))?;
     writeln!(f, "{rec}").with_context(|| format!("{}: cannot write", path.display()))
 }
 
@@ -400,7 +420,13 @@ pub fn table(rec: &Value) -> String {
     for name in PARTS {
         let Some(p) = rec["parts"].get(name) else { continue };
         let med = p["median_s"].as_f64().unwrap_or(f64::NAN);
-        out += &format!("{:<12} {:>10.4} {:>10.4} {:>9}", name, med, p["min_s"].as_f64().unwrap_or(f64::NAN), p["gflop_per_s"].as_f64().map_or("–".into(), |g| format!("{g:.1}")));
+        out += &format!(
+            "{:<12} {:>10.4} {:>10.4} {:>9}",
+            name,
+            med,
+            p["min_s"].as_f64().unwrap_or(f64::NAN),
+            p["gflop_per_s"].as_f64().map_or("–".into(), |g| format!("{g:.1}"))
+        );
         if let Some(r) = reference {
             match r.pointer(&format!("/parts/{name}/median_s")).and_then(Value::as_f64) {
                 Some(t) => out += &format!(" {:>12.4} {:>7.2}", t, med / t),

@@ -629,9 +629,8 @@ impl Config {
         if let Some(path) = src.file {
             // A run directory's config.toml may come from anyone: a regular file, of a bounded size.
             let bytes = crate::run::read_untrusted(path, MAX_CONFIG_FILE, true).map_err(|e| ConfigError::Read(path.into(), e))?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                ConfigError::Read(path.into(), std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
-            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|e| ConfigError::Read(path.into(), std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))?;
             merge_layer(&mut doc, parse(&text, &path.display().to_string())?, "")?;
         }
         with_overrides(doc, src.overrides)
@@ -729,18 +728,13 @@ impl ModelConfig {
 fn with_overrides(mut doc: toml::Value, overrides: &[String]) -> Result<Config, ConfigError> {
     for o in overrides {
         if o.len() > MAX_OVERRIDE {
-            return Err(ConfigError::TooLarge(format!(
-                "`--set {}`: {} bytes, more than the {MAX_OVERRIDE} a setting may take",
-                echo(o),
-                o.len()
-            )));
+            return Err(ConfigError::TooLarge(format!("`--set {}`: {} bytes, more than the {MAX_OVERRIDE} a setting may take", echo(o), o.len())));
         }
         let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(echo(o)))?;
         set_key(&mut doc, key.trim(), parse_value(value.trim()))?;
     }
     let source_name = "configuration".to_string();
-    let cfg: Config =
-        doc.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: echo_lines(e.to_string().trim()) })?;
+    let cfg: Config = doc.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid { source_name, message: echo_lines(e.to_string().trim()) })?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -811,7 +805,12 @@ impl TrainConfig {
         )?;
         check(t.log_every >= 1, "train.log_every", t.log_every, "expected ≥ 1")?;
         check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "expected ≥ 1 (1 = latest.safetensors alone)")?;
-        check(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0, "train.rollback_lr_factor", t.rollback_lr_factor, "expected a factor in (0, 1]")?;
+        check(
+            t.rollback_lr_factor > 0.0 && t.rollback_lr_factor <= 1.0,
+            "train.rollback_lr_factor",
+            t.rollback_lr_factor,
+            "expected a factor in (0, 1]",
+        )?;
         Ok(())
     }
 }
@@ -875,9 +874,19 @@ impl EvalConfig {
             format!("{:?}", e.fid_protocols),
             "expected a list of `buffer` and/or `fresh`",
         )?;
-        check(["train", "test", "train+test"].contains(&e.fid_reference.as_str()), "eval.fid_reference", &e.fid_reference, "expected train, test or train+test")?;
+        check(
+            ["train", "test", "train+test"].contains(&e.fid_reference.as_str()),
+            "eval.fid_reference",
+            &e.fid_reference,
+            "expected train, test or train+test",
+        )?;
         check(e.fid_n >= 2, "eval.fid_n", e.fid_n, "expected ≥ 2")?;
-        check(e.kid_subsets >= 1 && e.kid_subset_size >= 2, "eval.kid_subsets / eval.kid_subset_size", format!("{} / {}", e.kid_subsets, e.kid_subset_size), "expected ≥ 1 subset of ≥ 2")?;
+        check(
+            e.kid_subsets >= 1 && e.kid_subset_size >= 2,
+            "eval.kid_subsets / eval.kid_subset_size",
+            format!("{} / {}", e.kid_subsets, e.kid_subset_size),
+            "expected ≥ 1 subset of ≥ 2",
+        )?;
         Ok(())
     }
 }
@@ -901,11 +910,7 @@ fn parse(text: &str, source_name: &str) -> Result<toml::Value, ConfigError> {
 
 /// A `--set` value: any TOML value (`0.05`, `true`, `[30, 60]`, `"x"`), else a bare string.
 fn parse_value(text: &str) -> toml::Value {
-    format!("v = {text}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(text.into()))
+    format!("v = {text}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(text.into()))
 }
 
 fn allowed_keys(table: &toml::Table) -> String {
@@ -990,9 +995,15 @@ mod tests {
         assert_eq!((jem.optim.optimizer, jem.optim.lr, jem.optim.weight_decay, jem.optim.warmup_iters), (Optimizer::Adam, 1e-4, 0.0, 1000));
         let pp = get("jempp-cifar10");
         assert_eq!((pp.sampler.kind, pp.sampler.steps, pp.sampler.inner_steps, pp.sampler.inner_step_size), (SamplerKind::Pyld, 10, 5, 0.2));
-        assert_eq!((pp.model.norm, pp.sampler.init, pp.loss.px_data, pp.data.noise), (NormKind::Batch, InitKind::Informative, PxData::Augmented, 0.03));
+        assert_eq!(
+            (pp.model.norm, pp.sampler.init, pp.loss.px_data, pp.data.noise),
+            (NormKind::Batch, InitKind::Informative, PxData::Augmented, 0.03)
+        );
         // sndnyang/JEMPP scripts/jempp_cifar10.sh over train_jempp.py's defaults.
-        assert_eq!((pp.train.epochs, pp.optim.decay_epochs.clone(), pp.optim.decay_rate, pp.optim.weight_decay), (150, vec![50, 100, 125], 0.2, 4e-4));
+        assert_eq!(
+            (pp.train.epochs, pp.optim.decay_epochs.clone(), pp.optim.decay_rate, pp.optim.weight_decay),
+            (150, vec![50, 100, 125], 0.2, 4e-4)
+        );
         for c in [&jem, &pp] {
             assert!(c.optim.decay_epochs.iter().all(|&e| e < c.train.epochs), "every decay happens");
         }

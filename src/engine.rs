@@ -1,7 +1,7 @@
 //! Where libtorch is set up: device choice, CPU threads, seeding. Nothing else in the crate
 //! touches these global settings.
-use anyhow::{bail, Result};
 use crate::config::{DeviceSpec, Precision};
+use anyhow::{bail, Result};
 use tch::{nn, Device};
 
 /// The device `spec` names, checked to be really there. Plain `cuda` in a data-parallel worker
@@ -109,9 +109,7 @@ pub fn resolve_precision(precision: Precision, device: Device) -> Precision {
 
 fn cpu_has_native_bf16() -> bool {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find(|l| l.starts_with("flags"))
-        .is_some_and(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+    info.lines().find(|l| l.starts_with("flags")).is_some_and(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
 }
 
 /// Runs `f` with bf16 autocast on `device`'s type (CPU or CUDA): convolutions and matrix
@@ -239,7 +237,11 @@ mod tests {
         if let Err(e) = parse_device(DeviceSpec::CudaIndex(7)) {
             let e = e.to_string();
             // The CPU install cannot load its CUDA library; the CUDA build loads it and finds no GPU.
-            assert!(e.contains("cuda") && (e.contains("CUDA library could not be loaded") || e.contains("no CUDA device") || e.contains("CUDA device(s)")), "{e}");
+            assert!(
+                e.contains("cuda")
+                    && (e.contains("CUDA library could not be loaded") || e.contains("no CUDA device") || e.contains("CUDA device(s)")),
+                "{e}"
+            );
         }
     }
 }

@@ -17,9 +17,9 @@
 use crate::config::{Config, DataFormat, ModelConfig, NormKind, Sources};
 use crate::data::Split;
 use crate::model::Wrn;
-use crate::store::pickle;
 use crate::run::{Checkpoint, RunDir};
 use crate::store::checkpoint;
+use crate::store::pickle;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use safetensors::SafeTensors;
 use serde::Serialize;
@@ -296,11 +296,8 @@ pub fn read_reference_within(path: &Path, limits: &pickle::Limits) -> Result<Ref
         }
         notes.push("`module.` removed from every key (the model was saved wrapped in DataParallel)".to_string());
     }
-    let bare: Vec<String> = state
-        .iter()
-        .map(|(n, _)| n.clone())
-        .filter(|n| !["f.", "class_output.", "energy_output."].iter().any(|p| n.starts_with(p)))
-        .collect();
+    let bare: Vec<String> =
+        state.iter().map(|(n, _)| n.clone()).filter(|n| !["f.", "class_output.", "energy_output."].iter().any(|p| n.starts_with(p))).collect();
     if !bare.is_empty() {
         for (n, _) in &mut state {
             if bare.contains(n) {
@@ -360,10 +357,7 @@ fn infer_arch(state: &[(String, Tensor)], path: &Path) -> Result<(Arch, Value)> 
         path.display()
     );
     let widen = block[0] / 16;
-    let blocks: BTreeSet<&str> = state
-        .iter()
-        .filter_map(|(n, _)| n.strip_prefix("f.layer1.").and_then(|r| r.split('.').next()))
-        .collect();
+    let blocks: BTreeSet<&str> = state.iter().filter_map(|(n, _)| n.strip_prefix("f.layer1.").and_then(|r| r.split('.').next())).collect();
     let n = blocks.len() as i64;
     let norm = if state.iter().any(|(k, _)| k == "f.bn1.running_mean") {
         NormKind::Batch
@@ -446,12 +440,7 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
             };
             let mut var = vars[ours].shallow_clone();
             if t.size() != var.size() {
-                bail!(
-                    "{path}: `{key}` has shape {:?}, a {} expects {:?} (our `{ours}`)",
-                    t.size(),
-                    arch.describe(),
-                    var.size()
-                );
+                bail!("{path}: `{key}` has shape {:?}, a {} expects {:?} (our `{ours}`)", t.size(), arch.describe(), var.size());
             }
             var.f_copy_(&t.f_to_kind(var.kind())?).with_context(|| format!("{path}: copying `{key}`"))?;
             mapped.push(Mapped { from: key.clone(), to: format!("model.{ours}"), shape: t.size() });
@@ -464,12 +453,7 @@ pub fn map_onto(r: &ReferenceFile, model: &ModelConfig) -> Result<OnOurs> {
     if !unknown.is_empty() || !missing.is_empty() || !unknown_leaves.is_empty() {
         let mut unknown: Vec<String> = unknown.iter().map(|k| format!("`{}`", crate::text::shorten(k, 200))).collect();
         unknown.append(&mut unknown_leaves);
-        bail!(
-            "{path}: does not match a {}: unknown key(s) {}; missing key(s) {}",
-            arch.describe(),
-            listed(unknown),
-            list(&missing)
-        );
+        bail!("{path}: does not match a {}: unknown key(s) {}; missing key(s) {}", arch.describe(), listed(unknown), list(&missing));
     }
     ignored.extend(r.ignored.iter().cloned());
     Ok(OnOurs { vs, net, mapped, ignored })
@@ -606,11 +590,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
         })
         .collect();
     if opts.strict && !code.is_empty() {
-        bail!(
-            "{}: refused (--strict): its pickle would have run code under torch.load: {}; nothing was written",
-            opts.file.display(),
-            listed(code)
-        );
+        bail!("{}: refused (--strict): its pickle would have run code under torch.load: {}; nothing was written", opts.file.display(), listed(code));
     }
     let a = r.arch;
     let (cfg, preset, settings_from) = imported_config(opts, &r)?;
@@ -641,13 +621,14 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary> {
     ignored.extend(r.code.iter().map(|c| (c.name.to_string(), "ignored: would have run code under torch.load".to_string())));
 
     let staging = staging_dir(opts.out)?;
-    let written = write_import(&staging, opts, &r, &cfg, preset, &sha256, (vs, mapped, &ignored), buffer.as_ref(), buffer_json, &notes, &settings_from)
-        .with_context(|| format!("{}: the import failed while writing; nothing was left behind", opts.out.display()))
-        .and_then(|arch| {
-            std::fs::rename(&staging, opts.out)
-                .with_context(|| format!("{}: cannot move the imported run there from {}", opts.out.display(), staging.display()))?;
-            Ok(arch)
-        });
+    let written =
+        write_import(&staging, opts, &r, &cfg, preset, &sha256, (vs, mapped, &ignored), buffer.as_ref(), buffer_json, &notes, &settings_from)
+            .with_context(|| format!("{}: the import failed while writing; nothing was left behind", opts.out.display()))
+            .and_then(|arch| {
+                std::fs::rename(&staging, opts.out)
+                    .with_context(|| format!("{}: cannot move the imported run there from {}", opts.out.display(), staging.display()))?;
+                Ok(arch)
+            });
     let (arch, mapped) = match written {
         Ok(done) => done,
         Err(e) => {
@@ -717,7 +698,13 @@ fn imported_config<'a>(opts: &ImportOptions<'a>, r: &ReferenceFile) -> Result<(C
 
 /// The file's replay buffer as float32, checked against the model and the dataset, and its
 /// imported.json entry; what is odd about it goes into `notes`.
-fn imported_buffer(r: &ReferenceFile, file: &Path, test: &crate::data::ImageSet, dir: &Path, notes: &mut Vec<String>) -> Result<(Option<Tensor>, Option<Value>)> {
+fn imported_buffer(
+    r: &ReferenceFile,
+    file: &Path,
+    test: &crate::data::ImageSet,
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<(Option<Tensor>, Option<Value>)> {
     let (a, data) = (&r.arch, dir.display());
     let buffer = match &r.buffer {
         None => None,
@@ -730,10 +717,7 @@ fn imported_buffer(r: &ReferenceFile, file: &Path, test: &crate::data::ImageSet,
                 a.channels
             );
             if (size[2], size[3]) != (test.height as i64, test.width as i64) {
-                notes.push(format!(
-                    "the replay buffer's images are {}×{}, {data}'s {}×{}",
-                    size[2], size[3], test.height, test.width
-                ));
+                notes.push(format!("the replay buffer's images are {}×{}, {data}'s {}×{}", size[2], size[3], test.height, test.width));
             }
             Some(b.f_to_kind(Kind::Float)?.f_contiguous()?)
         }
@@ -825,7 +809,8 @@ pub fn export(opts: &ExportOptions) -> Result<(PathBuf, PathBuf)> {
         t.size().get(d).copied().ok_or_else(|| anyhow!("{}: `{key}` has shape {:?}", ckpt.display(), t.size()))
     };
     let m = &cfg.model;
-    let arch = Arch { depth: m.depth, widen: m.widen, norm: m.norm, channels: dim("model.conv1.weight", 1)?, classes: dim("model.class_output.weight", 0)? };
+    let arch =
+        Arch { depth: m.depth, widen: m.widen, norm: m.norm, channels: dim("model.conv1.weight", 1)?, classes: dim("model.class_output.weight", 0)? };
     // Loading into a fresh network checks every name and shape against the run's config.
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = Wrn::new(&vs.root(), m, arch.channels, arch.classes);
@@ -980,7 +965,9 @@ mod tests {
     /// The memory check of the settings (config.rs) counts what our network really holds.
     #[test]
     fn the_parameter_estimate_is_our_networks_count() {
-        for (depth, widen, norm, channels, classes) in [(10, 1, NormKind::Batch, 1, 10), (16, 2, NormKind::None, 3, 7), (22, 3, NormKind::Batch, 3, 100)] {
+        for (depth, widen, norm, channels, classes) in
+            [(10, 1, NormKind::Batch, 1, 10), (16, 2, NormKind::None, 3, 7), (22, 3, NormKind::Batch, 3, 100)]
+        {
             let m = ModelConfig { depth, widen, norm, bn_momentum: 0.9, slope: 0.2, dropout: 0.0 };
             let vs = nn::VarStore::new(Device::Cpu);
             let _ = Wrn::new(&vs.root(), &m, channels, classes);
@@ -997,7 +984,15 @@ mod tests {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
         let run = dir.path().join("run");
         let slope = ["model.slope=0.1".to_string()];
-        let opts = ImportOptions { file: &fixture("checkpoint.pt"), out: &run, data: Some(&data), preset: None, overrides: &slope, strict: false, limits: Default::default() };
+        let opts = ImportOptions {
+            file: &fixture("checkpoint.pt"),
+            out: &run,
+            data: Some(&data),
+            preset: None,
+            overrides: &slope,
+            strict: false,
+            limits: Default::default(),
+        };
         let s = import(&opts).unwrap();
         assert_eq!((s.mapped, s.buffer.clone(), s.preset.as_str()), (48, Some(vec![16, 1, 28, 28]), "sadajem-cifar10"));
         let e = import(&opts).err().unwrap().to_string();
@@ -1016,7 +1011,15 @@ mod tests {
             let (logits, b) = with_slope(&file);
             assert!(logits.equal(&original) && b.equal(&buffer), "{format:?}");
             let again = dir.path().join(format!("again-{format:?}"));
-            let opts = ImportOptions { file: &file, out: &again, data: Some(&data), preset: None, overrides: &[], strict: false, limits: Default::default() };
+            let opts = ImportOptions {
+                file: &file,
+                out: &again,
+                data: Some(&data),
+                preset: None,
+                overrides: &[],
+                strict: false,
+                limits: Default::default(),
+            };
             import(&opts).unwrap();
             let cfg = Config::load(&again.join("config.toml")).unwrap();
             assert_eq!(cfg.model.slope, 0.1, "{format:?}: the slope comes back from {}", about.display());
@@ -1100,7 +1103,8 @@ mod tests {
         let e = format!("{:#}", map_onto(&r, &ModelConfig { widen: 2, ..model_config(&r.arch) }).err().unwrap());
         assert!(e.contains("`f.layer1.0.conv1.weight`") && e.contains("[16, 16, 3, 3]") && e.contains("[32, 16, 3, 3]"), "{e}");
 
-        let e = format!("{:#}", read_reference(&saved(dir.path(), vec![("w".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))])).err().unwrap());
+        let e =
+            format!("{:#}", read_reference(&saved(dir.path(), vec![("w".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))])).err().unwrap());
         assert!(e.contains("cannot tell the architecture") && e.contains("`f.conv1.weight`"), "{e}");
     }
 

@@ -53,9 +53,9 @@ pub mod memory;
 pub mod model;
 #[cfg(feature = "torch")]
 pub mod optim;
+pub mod records;
 #[cfg(feature = "torch")]
 pub mod report;
-pub mod records;
 pub mod run;
 #[cfg(feature = "torch")]
 pub mod sampler;

@@ -3,27 +3,26 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sadajem::config::{self, Config, Sources};
 use sadajem::data::{self, stats, FolderOptions, Split};
-use sadajem::run::{Checkpoint, Metric, RunDir};
-use sadajem::eval::feature_stats::{self, ImageSpec};
 use sadajem::eval::evaluate;
-use sadajem::{bench, engine, interop, train::trainer};
+use sadajem::eval::feature_stats::{self, ImageSpec};
+use sadajem::run::{Checkpoint, Metric, RunDir};
 use sadajem::train::distributed;
+use sadajem::{bench, engine, interop, train::trainer};
 use std::path::PathBuf;
 use std::rc::Rc;
 
 /// `sadajem --version`: the version and what this build can do.
 #[cfg(all(sadajem_distributed, sadajem_nccl))]
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): yes (c10d Gloo)\nNCCL (train.backend = nccl): yes");
+const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): yes (c10d Gloo)\nNCCL (train.backend = nccl): yes");
 #[cfg(all(sadajem_distributed, not(sadajem_nccl)))]
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\ndata-parallel training (--nproc): yes (c10d Gloo)\nNCCL (train.backend = nccl): no (not the CUDA build: make build-cuda)"
 );
 #[cfg(not(sadajem_distributed))]
-const LONG_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    "\ndata-parallel training (--nproc): no (built without Gloo's headers)\nNCCL (train.backend = nccl): no"
-);
+const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), "\ndata-parallel training (--nproc): no (built without Gloo's headers)\nNCCL (train.backend = nccl): no");
 
 #[derive(Parser)]
 #[command(name = "sadajem", version, long_version = LONG_VERSION, about = "Train and evaluate Joint Energy-based Models (SADA-JEM, JEM, JEM++, softmax)")]
@@ -313,12 +312,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train { settings, run_dir, resume, nproc } => train(threads, settings, run_dir, resume, nproc),
         Command::Eval { run_dir, only, checkpoint, overrides } => eval(threads, run_dir, only, checkpoint, overrides),
         Command::Sample { run_dir, n, class, out, checkpoint, overrides } => sample(threads, run_dir, n, class, out, checkpoint, overrides),
-        Command::Import { file, out, data, preset, overrides, strict, max_tensor_bytes } => import(threads, file, out, data, preset, overrides, strict, max_tensor_bytes),
+        Command::Import { file, out, data, preset, overrides, strict, max_tensor_bytes } => {
+            import(threads, file, out, data, preset, overrides, strict, max_tensor_bytes)
+        }
         Command::Export { run_dir, format, out, checkpoint, layout } => export(threads, run_dir, format, out, checkpoint, layout),
-        Command::Fid { images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, precision, channels, size } => fid(threads, images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, precision, channels, size),
+        Command::Fid { images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, precision, channels, size } => {
+            fid(threads, images, reference, inception, cache_dir, kid_subsets, kid_subset_size, seed, precision, channels, size)
+        }
         Command::Report { run_dir } => report(run_dir),
         Command::Compare { out, run_dirs } => compare(out, run_dirs),
-        Command::Bench { settings, warmup, iters, reference, allow_busy, results, synthetic } => bench_iteration(threads, settings, warmup, iters, reference, allow_busy, results, synthetic),
+        Command::Bench { settings, warmup, iters, reference, allow_busy, results, synthetic } => {
+            bench_iteration(threads, settings, warmup, iters, reference, allow_busy, results, synthetic)
+        }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => data_info(threads, path, format, channels, size),
         Command::Data { command: DataCommand::Download { name, to } } => data_download(name, to),
         Command::Presets { name } => presets(name),
@@ -327,266 +332,300 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `sadajem train`: a new run, a resumed one, or (`--nproc`) the launcher of its workers.
 fn train(threads: Option<usize>, settings: Settings, run_dir: Option<PathBuf>, resume: Option<PathBuf>, nproc: Option<usize>) -> Result<()> {
-        let (cfg, root, resuming) = match resume {
-            Some(dir) => (Config::load(&RunDir::open(&dir)?.config())?, dir, true),
-            None => {
-                (settings.load()?, run_dir.clone().unwrap_or_else(|| default_run_dir(settings.preset.as_deref())), false)
-            }
-        };
-        if let Some(n) = nproc {
-            if n == 0 {
-                bail!("--nproc 0: expected at least one worker");
-            }
-            // The workers must agree on the run directory, so the launcher names it.
-            let mut args = worker_args();
-            if !resuming && run_dir.is_none() {
-                args.extend(["--run-dir".to_string(), root.display().to_string()]);
-            }
-            return distributed::launch(n, &args);
+    let (cfg, root, resuming) = match resume {
+        Some(dir) => (Config::load(&RunDir::open(&dir)?.config())?, dir, true),
+        None => (settings.load()?, run_dir.clone().unwrap_or_else(|| default_run_dir(settings.preset.as_deref())), false),
+    };
+    if let Some(n) = nproc {
+        if n == 0 {
+            bail!("--nproc 0: expected at least one worker");
         }
-        let threads = engine::init(threads.unwrap_or(cfg.train.threads));
-        if cfg.train.deterministic {
-            engine::make_deterministic();
+        // The workers must agree on the run directory, so the launcher names it.
+        let mut args = worker_args();
+        if !resuming && run_dir.is_none() {
+            args.extend(["--run-dir".to_string(), root.display().to_string()]);
         }
-        // The device and the data are checked before the run directory is touched, so a
-        // mistake in either leaves nothing behind to clean up (and before the workers wait
-        // for each other).
-        let inputs = sadajem::train::session::Inputs::load(&cfg)?;
-        let world = Rc::new(distributed::World::from_env(cfg.train.backend, inputs.device)?);
-        let run = if resuming {
-            let run = RunDir::open(&root)?;
-            if world.is_primary() {
-                run.check_writable()?;
-            }
-            run
-        } else if world.is_primary() {
-            let run = RunDir::create(&root)?;
-            sadajem::store::atomic::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
-            run
-        } else {
-            // Rank 0 makes the directory; the barrier below waits for it.
-            RunDir { root: root.clone() }
-        };
-        world.barrier();
-        if let Some(backend) = world.backend() {
-            println!("worker {} of {} ({backend:?})", world.rank, world.size);
+        return distributed::launch(n, &args);
+    }
+    let threads = engine::init(threads.unwrap_or(cfg.train.threads));
+    if cfg.train.deterministic {
+        engine::make_deterministic();
+    }
+    // The device and the data are checked before the run directory is touched, so a
+    // mistake in either leaves nothing behind to clean up (and before the workers wait
+    // for each other).
+    let inputs = sadajem::train::session::Inputs::load(&cfg)?;
+    let world = Rc::new(distributed::World::from_env(cfg.train.backend, inputs.device)?);
+    let run = if resuming {
+        let run = RunDir::open(&root)?;
+        if world.is_primary() {
+            run.check_writable()?;
         }
-        println!(
-            "training {} (recipe {:?}, WRN-{}-{}, {:?}) on {} with {threads} thread(s) → {}",
-            cfg.data.dir.display(),
-            cfg.train.recipe,
-            cfg.model.depth,
-            cfg.model.widen,
-            engine::resolve_precision(cfg.train.precision, inputs.device),
-            cfg.train.device,
-            run.root.display()
-        );
-        let s = trainer::train(&cfg, &run, resuming, inputs, world)?;
-        let best = match (s.test_acc_best, s.best_valid_acc) {
-            (Some(test), Some(valid)) => format!("{:.2}% (best validation checkpoint, valid {:.2}%)", 100.0 * test, 100.0 * valid),
-            _ => "no validation split (data.n_valid = 0): the last checkpoint is the model".into(),
-        };
-        println!(
-            "done in {:.0} s: test accuracy {:.2}% (final), {best} → {}",
-            s.train_seconds,
-            100.0 * s.test_acc,
-            run.final_results().display()
-        );
+        run
+    } else if world.is_primary() {
+        let run = RunDir::create(&root)?;
+        sadajem::store::atomic::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
+        run
+    } else {
+        // Rank 0 makes the directory; the barrier below waits for it.
+        RunDir { root: root.clone() }
+    };
+    world.barrier();
+    if let Some(backend) = world.backend() {
+        println!("worker {} of {} ({backend:?})", world.rank, world.size);
+    }
+    println!(
+        "training {} (recipe {:?}, WRN-{}-{}, {:?}) on {} with {threads} thread(s) → {}",
+        cfg.data.dir.display(),
+        cfg.train.recipe,
+        cfg.model.depth,
+        cfg.model.widen,
+        engine::resolve_precision(cfg.train.precision, inputs.device),
+        cfg.train.device,
+        run.root.display()
+    );
+    let s = trainer::train(&cfg, &run, resuming, inputs, world)?;
+    let best = match (s.test_acc_best, s.best_valid_acc) {
+        (Some(test), Some(valid)) => format!("{:.2}% (best validation checkpoint, valid {:.2}%)", 100.0 * test, 100.0 * valid),
+        _ => "no validation split (data.n_valid = 0): the last checkpoint is the model".into(),
+    };
+    println!("done in {:.0} s: test accuracy {:.2}% (final), {best} → {}", s.train_seconds, 100.0 * s.test_acc, run.final_results().display());
     Ok(())
 }
 
 /// `sadajem eval`: the metrics of one checkpoint, each into RUN/eval/<metric>.json.
 fn eval(threads: Option<usize>, run_dir: PathBuf, only: Vec<Metric>, checkpoint: Checkpoint, overrides: Vec<String>) -> Result<()> {
-        let run = RunDir::open(&run_dir)?;
-        let cfg = Config::load_with(&run.config(), &overrides)?;
-        let threads = engine::init(threads.unwrap_or(cfg.train.threads));
-        let mut metrics: Vec<Metric> = Metric::ALL.into_iter().filter(|m| only.is_empty() || only.contains(m)).collect();
-        let ckpt = run.checkpoint(&checkpoint, cfg.data.n_valid > 0);
-        let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
-        if only.is_empty() {
-            if let Err(e) = ev.inception_path() {
-                println!("note: skipping fid: {e}");
-                metrics.retain(|m| *m != Metric::Fid);
-            }
+    let run = RunDir::open(&run_dir)?;
+    let cfg = Config::load_with(&run.config(), &overrides)?;
+    let threads = engine::init(threads.unwrap_or(cfg.train.threads));
+    let mut metrics: Vec<Metric> = Metric::ALL.into_iter().filter(|m| only.is_empty() || only.contains(m)).collect();
+    let ckpt = run.checkpoint(&checkpoint, cfg.data.n_valid > 0);
+    let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
+    if only.is_empty() {
+        if let Err(e) = ev.inception_path() {
+            println!("note: skipping fid: {e}");
+            metrics.retain(|m| *m != Metric::Fid);
         }
-        let names: Vec<&str> = metrics.iter().map(|m| m.name()).collect();
-        println!("evaluating {} ({}) with {threads} thread(s): {}", run.root.display(), ckpt.display(), names.join(", "));
-        ev.run(&metrics, |o| println!("{:>12}  {}", o.metric, o.summary))?;
-        println!("results → {}", run.eval().display());
+    }
+    let names: Vec<&str> = metrics.iter().map(|m| m.name()).collect();
+    println!("evaluating {} ({}) with {threads} thread(s): {}", run.root.display(), ckpt.display(), names.join(", "));
+    ev.run(&metrics, |o| println!("{:>12}  {}", o.metric, o.summary))?;
+    println!("results → {}", run.eval().display());
     Ok(())
 }
 
 /// `sadajem sample`: fresh chains from a run's model, as one PNG grid.
-fn sample(threads: Option<usize>, run_dir: PathBuf, n: usize, class: Option<i64>, out: PathBuf, checkpoint: Checkpoint, overrides: Vec<String>) -> Result<()> {
-        let run = RunDir::open(&run_dir)?;
-        let cfg = Config::load_with(&run.config(), &overrides)?;
-        engine::init(threads.unwrap_or(cfg.train.threads));
-        let ckpt = run.checkpoint(&checkpoint, cfg.data.n_valid > 0);
-        let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
-        if let Some(c) = class {
-            if c < 0 || c as usize >= ev.num_classes() {
-                bail!("--class {c}: the model has classes 0..={}", ev.num_classes() - 1);
-            }
+fn sample(
+    threads: Option<usize>,
+    run_dir: PathBuf,
+    n: usize,
+    class: Option<i64>,
+    out: PathBuf,
+    checkpoint: Checkpoint,
+    overrides: Vec<String>,
+) -> Result<()> {
+    let run = RunDir::open(&run_dir)?;
+    let cfg = Config::load_with(&run.config(), &overrides)?;
+    engine::init(threads.unwrap_or(cfg.train.threads));
+    let ckpt = run.checkpoint(&checkpoint, cfg.data.n_valid > 0);
+    let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
+    if let Some(c) = class {
+        if c < 0 || c as usize >= ev.num_classes() {
+            bail!("--class {c}: the model has classes 0..={}", ev.num_classes() - 1);
         }
-        if n == 0 {
-            bail!("--n: expected at least one sample");
-        }
-        let init = ev.gen_init()?;
-        let bar = indicatif::ProgressBar::new(n as u64);
-        let x = ev.sample(&init, n, class, &bar);
-        bar.finish_and_clear();
-        sadajem::report::grid::save_grid(&x, &out)?;
-        println!("{n} samples ({}) → {}", class.map_or("unconditional".into(), |c| format!("class {c}")), out.display());
+    }
+    if n == 0 {
+        bail!("--n: expected at least one sample");
+    }
+    let init = ev.gen_init()?;
+    let bar = indicatif::ProgressBar::new(n as u64);
+    let x = ev.sample(&init, n, class, &bar);
+    bar.finish_and_clear();
+    sadajem::report::grid::save_grid(&x, &out)?;
+    println!("{n} samples ({}) → {}", class.map_or("unconditional".into(), |c| format!("class {c}")), out.display());
     Ok(())
 }
 
 /// `sadajem import`: an authors' checkpoint as a run directory, and what was made of it.
 #[allow(clippy::too_many_arguments)]
-fn import(threads: Option<usize>, file: PathBuf, out: PathBuf, data: Option<PathBuf>, preset: Option<String>, overrides: Vec<String>, strict: bool, max_tensor_bytes: Option<sadajem::memory::ByteSize>) -> Result<()> {
-        engine::init(threads.unwrap_or(0));
-        let limits = sadajem::store::pickle::Limits { max_bytes: max_tensor_bytes.map_or(sadajem::store::pickle::DEFAULT_MAX_BYTES, |b| b.0) };
-        let opts = interop::ImportOptions { file: &file, out: &out, data: data.as_deref(), preset: preset.as_deref(), overrides: &overrides, strict, limits };
-        let s = interop::import(&opts)?;
-        if !s.code.is_empty() {
-            let shown: Vec<&str> = s.code.iter().take(12).map(String::as_str).collect();
-            let more = if s.code.len() > 12 { format!(" and {} more", s.code.len() - 12) } else { String::new() };
-            eprintln!(
-                "warning: {}: ignored: would have run code under torch.load: {}{more}. Nothing of it ran here; \
+fn import(
+    threads: Option<usize>,
+    file: PathBuf,
+    out: PathBuf,
+    data: Option<PathBuf>,
+    preset: Option<String>,
+    overrides: Vec<String>,
+    strict: bool,
+    max_tensor_bytes: Option<sadajem::memory::ByteSize>,
+) -> Result<()> {
+    engine::init(threads.unwrap_or(0));
+    let limits = sadajem::store::pickle::Limits { max_bytes: max_tensor_bytes.map_or(sadajem::store::pickle::DEFAULT_MAX_BYTES, |b| b.0) };
+    let opts =
+        interop::ImportOptions { file: &file, out: &out, data: data.as_deref(), preset: preset.as_deref(), overrides: &overrides, strict, limits };
+    let s = interop::import(&opts)?;
+    if !s.code.is_empty() {
+        let shown: Vec<&str> = s.code.iter().take(12).map(String::as_str).collect();
+        let more = if s.code.len() > 12 { format!(" and {} more", s.code.len() - 12) } else { String::new() };
+        eprintln!(
+            "warning: {}: ignored: would have run code under torch.load: {}{more}. Nothing of it ran here; \
                  torch.load(weights_only=False) of this file would run it (--strict refuses such files)",
-                file.display(),
-                shown.join(", ")
-            );
-        }
-        println!("{} ({}): {}, from the tensor shapes", file.display(), s.format, s.arch.describe());
-        // The batch-norm counters are many and never matter; imported.json lists them all.
-        let counters = s.ignored.iter().filter(|k| k.ends_with(".num_batches_tracked")).count();
-        let mut ignored: Vec<String> = s.ignored.iter().filter(|k| !k.ends_with(".num_batches_tracked")).cloned().collect();
-        if counters > 0 {
-            ignored.push(format!("{counters} num_batches_tracked"));
-        }
-        let shown = if ignored.len() > 12 { format!("{} and {} more", ignored[..12].join(", "), ignored.len() - 12) } else { ignored.join(", ") };
-        println!("{} tensors mapped; ignored: {}", s.mapped, if ignored.is_empty() { "none".into() } else { shown });
-        match &s.buffer {
-            Some(shape) => println!("replay buffer {shape:?} kept as sampler.buffer"),
-            None => println!("no replay buffer"),
-        }
-        for note in &s.notes {
-            println!("note: {note}");
-        }
-        println!("settings of preset {} → {} (see imported.json)", s.preset, out.display());
+            file.display(),
+            shown.join(", ")
+        );
+    }
+    println!("{} ({}): {}, from the tensor shapes", file.display(), s.format, s.arch.describe());
+    // The batch-norm counters are many and never matter; imported.json lists them all.
+    let counters = s.ignored.iter().filter(|k| k.ends_with(".num_batches_tracked")).count();
+    let mut ignored: Vec<String> = s.ignored.iter().filter(|k| !k.ends_with(".num_batches_tracked")).cloned().collect();
+    if counters > 0 {
+        ignored.push(format!("{counters} num_batches_tracked"));
+    }
+    let shown = if ignored.len() > 12 { format!("{} and {} more", ignored[..12].join(", "), ignored.len() - 12) } else { ignored.join(", ") };
+    println!("{} tensors mapped; ignored: {}", s.mapped, if ignored.is_empty() { "none".into() } else { shown });
+    match &s.buffer {
+        Some(shape) => println!("replay buffer {shape:?} kept as sampler.buffer"),
+        None => println!("no replay buffer"),
+    }
+    for note in &s.notes {
+        println!("note: {note}");
+    }
+    println!("settings of preset {} → {} (see imported.json)", s.preset, out.display());
     Ok(())
 }
 
 /// `sadajem export`: a run's weights in the authors' layout.
-fn export(threads: Option<usize>, run_dir: PathBuf, format: interop::Format, out: Option<PathBuf>, checkpoint: Checkpoint, layout: interop::Layout) -> Result<()> {
-        engine::init(threads.unwrap_or(0));
-        let opts = interop::ExportOptions {
-            run_dir: &run_dir,
-            checkpoint: &checkpoint,
-            format,
-            out: out.as_deref(),
-            layout,
-        };
-        let (file, about) = interop::export(&opts)?;
-        println!("{} ({format}, {layout} layout) and {}", file.display(), about.display());
+fn export(
+    threads: Option<usize>,
+    run_dir: PathBuf,
+    format: interop::Format,
+    out: Option<PathBuf>,
+    checkpoint: Checkpoint,
+    layout: interop::Layout,
+) -> Result<()> {
+    engine::init(threads.unwrap_or(0));
+    let opts = interop::ExportOptions { run_dir: &run_dir, checkpoint: &checkpoint, format, out: out.as_deref(), layout };
+    let (file, about) = interop::export(&opts)?;
+    println!("{} ({format}, {layout} layout) and {}", file.display(), about.display());
     Ok(())
 }
 
 /// `sadajem fid`: FID and KID between two image sets.
 #[allow(clippy::too_many_arguments)]
-fn fid(threads: Option<usize>, images: String, reference: String, inception: Option<PathBuf>, cache_dir: Option<PathBuf>, kid_subsets: usize, kid_subset_size: usize, seed: u64, precision: config::Precision, channels: usize, size: usize) -> Result<()> {
-        let threads = engine::init(threads.unwrap_or(0));
-        let (images, reference): (ImageSpec, ImageSpec) = (images.parse()?, reference.parse()?);
-        if matches!(reference, ImageSpec::Noise { .. }) {
-            bail!("the reference must be a dataset (DIR[:SPLIT[:N]]); noise goes first");
-        }
-        let network = feature_stats::find_inception(&inception.unwrap_or_default())?;
-        let cache = feature_stats::cache_dir(&cache_dir.unwrap_or_default())?;
-        println!("FID with {} ({threads} thread(s)); dataset statistics cached in {}", network.display(), cache.display());
-        let opts = FolderOptions { channels, size };
-        let r = feature_stats::compare_specs(&images, &reference, &network, precision, &cache, opts, (kid_subsets, kid_subset_size), seed)?;
-        println!("{}", serde_json::to_string_pretty(&r)?);
+fn fid(
+    threads: Option<usize>,
+    images: String,
+    reference: String,
+    inception: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    kid_subsets: usize,
+    kid_subset_size: usize,
+    seed: u64,
+    precision: config::Precision,
+    channels: usize,
+    size: usize,
+) -> Result<()> {
+    let threads = engine::init(threads.unwrap_or(0));
+    let (images, reference): (ImageSpec, ImageSpec) = (images.parse()?, reference.parse()?);
+    if matches!(reference, ImageSpec::Noise { .. }) {
+        bail!("the reference must be a dataset (DIR[:SPLIT[:N]]); noise goes first");
+    }
+    let network = feature_stats::find_inception(&inception.unwrap_or_default())?;
+    let cache = feature_stats::cache_dir(&cache_dir.unwrap_or_default())?;
+    println!("FID with {} ({threads} thread(s)); dataset statistics cached in {}", network.display(), cache.display());
+    let opts = FolderOptions { channels, size };
+    let r = feature_stats::compare_specs(&images, &reference, &network, precision, &cache, opts, (kid_subsets, kid_subset_size), seed)?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }
 
 /// `sadajem report`: the HTML page and the summary table.
 fn report(run_dir: PathBuf) -> Result<()> {
-        let run = RunDir::open(&run_dir)?;
-        let path = sadajem::report::html::write(&run)?;
-        print_summary(&sadajem::report::html::summary(&run));
-        println!("report → {}", path.display());
+    let run = RunDir::open(&run_dir)?;
+    let path = sadajem::report::html::write(&run)?;
+    print_summary(&sadajem::report::html::summary(&run));
+    println!("report → {}", path.display());
     Ok(())
 }
 
 /// `sadajem compare`: several runs side by side.
 fn compare(out: PathBuf, run_dirs: Vec<PathBuf>) -> Result<()> {
-        let runs = run_dirs.iter().map(|d| RunDir::open(d)).collect::<Result<Vec<_>>>()?;
-        print!("{}", sadajem::report::compare::write(&runs, &out)?);
-        println!("comparison → {}", out.join("comparison.md").display());
+    let runs = run_dirs.iter().map(|d| RunDir::open(d)).collect::<Result<Vec<_>>>()?;
+    print!("{}", sadajem::report::compare::write(&runs, &out)?);
+    println!("comparison → {}", out.join("comparison.md").display());
     Ok(())
 }
 
 /// `sadajem bench`: one training iteration timed by parts (and PyTorch's), recorded.
 #[allow(clippy::too_many_arguments)]
-fn bench_iteration(threads: Option<usize>, settings: Settings, warmup: usize, iters: usize, reference: bool, allow_busy: bool, results: PathBuf, synthetic: Option<usize>) -> Result<()> {
-        let cfg = settings.load()?;
-        let threads = engine::init(threads.unwrap_or(cfg.train.threads));
-        let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset: settings.preset.clone(), synthetic };
-        let idle = bench::others_load(1.0);
-        if idle > bench::BUSY_CORES && !allow_busy {
-            bail!("other processes are using {idle:.1} cores; a benchmark now would measure them too. Wait until the machine is idle, or pass --allow-busy");
-        }
-        let ours = bench::measure(&cfg, &opts)?;
-        println!(
-            "{:?} WRN-{}-{} ({:?}, channels_last {}) on {} with {threads} thread(s): {warmup} warm-up + {iters} timed repetitions per part",
-            cfg.train.recipe, cfg.model.depth, cfg.model.widen, ours.precision, cfg.train.channels_last, cfg.train.device
+fn bench_iteration(
+    threads: Option<usize>,
+    settings: Settings,
+    warmup: usize,
+    iters: usize,
+    reference: bool,
+    allow_busy: bool,
+    results: PathBuf,
+    synthetic: Option<usize>,
+) -> Result<()> {
+    let cfg = settings.load()?;
+    let threads = engine::init(threads.unwrap_or(cfg.train.threads));
+    let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset: settings.preset.clone(), synthetic };
+    let idle = bench::others_load(1.0);
+    if idle > bench::BUSY_CORES && !allow_busy {
+        bail!(
+            "other processes are using {idle:.1} cores; a benchmark now would measure them too. Wait until the machine is idle, or pass --allow-busy"
         );
-        let theirs = if reference {
-            let args = bench::reference_args(&cfg, &ours, &opts, threads);
-            println!("timing the same iteration in PyTorch (bench/reference_step.py)");
-            Some(bench::run_reference(std::path::Path::new("bench/reference_step.py"), &args)?)
-        } else {
-            None
-        };
-        let rec = bench::record(&cfg, &opts, threads, &ours, theirs.as_ref());
-        print!("{}", bench::table(&rec));
-        if ours.others_cores > bench::BUSY_CORES {
-            println!("warning: other processes used {:.2} cores during the measurement: these times are inflated", ours.others_cores);
-            if !allow_busy {
-                bail!("not recorded in {} (rerun on an idle machine, or pass --allow-busy)", opts.results.display());
-            }
+    }
+    let ours = bench::measure(&cfg, &opts)?;
+    println!(
+        "{:?} WRN-{}-{} ({:?}, channels_last {}) on {} with {threads} thread(s): {warmup} warm-up + {iters} timed repetitions per part",
+        cfg.train.recipe, cfg.model.depth, cfg.model.widen, ours.precision, cfg.train.channels_last, cfg.train.device
+    );
+    let theirs = if reference {
+        let args = bench::reference_args(&cfg, &ours, &opts, threads);
+        println!("timing the same iteration in PyTorch (bench/reference_step.py)");
+        Some(bench::run_reference(std::path::Path::new("bench/reference_step.py"), &args)?)
+    } else {
+        None
+    };
+    let rec = bench::record(&cfg, &opts, threads, &ours, theirs.as_ref());
+    print!("{}", bench::table(&rec));
+    if ours.others_cores > bench::BUSY_CORES {
+        println!("warning: other processes used {:.2} cores during the measurement: these times are inflated", ours.others_cores);
+        if !allow_busy {
+            bail!("not recorded in {} (rerun on an idle machine, or pass --allow-busy)", opts.results.display());
         }
-        bench::append(&opts.results, &rec)?;
-        println!("recorded → {}", opts.results.display());
+    }
+    bench::append(&opts.results, &rec)?;
+    println!("recorded → {}", opts.results.display());
     Ok(())
 }
 
 /// `sadajem data info`: what a dataset directory holds.
 fn data_info(threads: Option<usize>, path: PathBuf, format: Option<data::Format>, channels: usize, size: usize) -> Result<()> {
-        engine::init(threads.unwrap_or(0));
-        let format = match format {
-            Some(f) => f,
-            None => data::detect_format(&path)?,
-        };
-        println!("{}: format {format}", path.display());
-        for split in [Split::Train, Split::Test] {
-            let set = data::load(&path, format, split, FolderOptions { channels, size })
-                .with_context(|| format!("reading the {split} split"))?;
-            println!("{split}: {}", stats::summary(&set));
-        }
+    engine::init(threads.unwrap_or(0));
+    let format = match format {
+        Some(f) => f,
+        None => data::detect_format(&path)?,
+    };
+    println!("{}: format {format}", path.display());
+    for split in [Split::Train, Split::Test] {
+        let set = data::load(&path, format, split, FolderOptions { channels, size }).with_context(|| format!("reading the {split} split"))?;
+        println!("{split}: {}", stats::summary(&set));
+    }
     Ok(())
 }
 
 /// `sadajem data download`: a published dataset, checked and unpacked.
 fn data_download(name: String, to: Option<PathBuf>) -> Result<()> {
-        let d = data::download::find(&name)?;
-        let to = to.unwrap_or_else(|| d.default_dir());
-        match data::download::download(d, &to, &data::download::Source::from_env())? {
-            data::download::Outcome::AlreadyThere => println!("{}: already holds {name}; nothing downloaded", to.display()),
-            data::download::Outcome::Downloaded => {
-                println!("{name} → {} (checked against the published MD5 sums; `sadajem data info {}` shows it)", to.display(), to.display())
-            }
+    let d = data::download::find(&name)?;
+    let to = to.unwrap_or_else(|| d.default_dir());
+    match data::download::download(d, &to, &data::download::Source::from_env())? {
+        data::download::Outcome::AlreadyThere => println!("{}: already holds {name}; nothing downloaded", to.display()),
+        data::download::Outcome::Downloaded => {
+            println!("{name} → {} (checked against the published MD5 sums; `sadajem data info {}` shows it)", to.display(), to.display())
         }
+    }
     Ok(())
 }
 
@@ -599,9 +638,11 @@ fn presets(name: Option<String>) -> Result<()> {
             }
         }
         Some(name) => {
-            let text = config::PRESETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).ok_or_else(|| {
-                config::ConfigError::UnknownPreset(name.clone(), config::preset_names().join(", "))
-            })?;
+            let text = config::PRESETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| config::ConfigError::UnknownPreset(name.clone(), config::preset_names().join(", ")))?;
             print!("{text}");
         }
     }

@@ -1,8 +1,11 @@
 //! The typed records of a run directory that more than one part of the program reads: the
-//! lines of `metrics.jsonl` and `final.json`. The trainer writes them, `report`, `compare`,
-//! TensorBoard and `--resume` read them back, all through these types, so a renamed field is a
-//! compile error rather than a silently empty plot.
+//! lines of `metrics.jsonl` and `final.json`, and `eval/<metric>.json` ([`eval`]). The trainer
+//! and `sadajem eval` write them, `report`, `compare`, TensorBoard and `--resume` read them back,
+//! all through these types, so a renamed field is a compile error rather than a silently empty
+//! plot.
 use serde::{Deserialize, Serialize};
+
+pub mod eval;
 
 /// One line of `metrics.jsonl`, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

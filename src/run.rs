@@ -83,8 +83,7 @@ impl RunDir {
                 root.display()
             );
         }
-        std::fs::create_dir_all(run.checkpoints())
-            .with_context(|| format!("{}: cannot create the run directory", root.display()))?;
+        std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("{}: cannot create the run directory", root.display()))?;
         run.check_writable()?;
         Ok(run)
     }
@@ -92,8 +91,7 @@ impl RunDir {
     /// Fails now, not after an hour of training, if the run directory or its `checkpoints/`
     /// cannot be written (creating `checkpoints/` if it went missing).
     pub fn check_writable(&self) -> Result<()> {
-        std::fs::create_dir_all(self.checkpoints())
-            .with_context(|| format!("{}: cannot create", self.checkpoints().display()))?;
+        std::fs::create_dir_all(self.checkpoints()).with_context(|| format!("{}: cannot create", self.checkpoints().display()))?;
         for dir in [&self.root, &self.checkpoints()] {
             let probe = dir.join(format!(".write-test-{}", std::process::id()));
             std::fs::write(&probe, b"ok").with_context(|| format!("{}: run directory is not writable", dir.display()))?;
@@ -218,12 +216,7 @@ impl RunDir {
         use std::os::unix::fs::MetadataExt;
         let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return 0 };
         let mut seen = std::collections::HashSet::new();
-        entries
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file() && seen.insert(m.ino()))
-            .map(|m| m.len())
-            .sum()
+        entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file() && seen.insert(m.ino())).map(|m| m.len()).sum()
     }
 
     /// Fails unless the run's file system has room for `keep` checkpoints of `bytes` each (at
@@ -271,7 +264,12 @@ impl RunDir {
     /// `tensorboard/`: the training event file; `tensorboard/eval/`: eval's.
     /// `eval/<metric>.json`, the record one metric of `sadajem eval` writes.
     pub fn eval_record(&self, metric: Metric) -> PathBuf {
-        self.eval().join(format!("{}.json", metric.name()))
+        self.root.join(Self::eval_record_inside(metric))
+    }
+
+    /// The same, relative to the run: what [`RunDir::read_inside`] takes.
+    pub fn eval_record_inside(metric: Metric) -> String {
+        format!("eval/{}.json", metric.name())
     }
 
     /// The checkpoint `which` names. A run without a validation split (`data.n_valid = 0`) has
@@ -326,12 +324,7 @@ impl RunDir {
         let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
         let kept: String = text
             .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["iter"].as_u64())
-                    .is_some_and(|i| i as usize <= iter)
-            })
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["iter"].as_u64()).is_some_and(|i| i as usize <= iter))
             .map(|l| format!("{l}\n"))
             .collect();
         crate::store::atomic::write_atomic(&path, kept.as_bytes())
@@ -398,10 +391,7 @@ impl RunDir {
         let mut dir = std::fs::File::open(&self.root)?;
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
-            let flags = libc::O_RDONLY
-                | libc::O_NOFOLLOW
-                | libc::O_CLOEXEC
-                | if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
+            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
             let name = std::ffi::CString::new(*part).expect("no NUL, checked above");
             // SAFETY: openat with a directory fd we hold open and a valid C string; the fd
             // returned is owned by the File made from it.
@@ -449,10 +439,7 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
 /// `1.5 GB`, `320 MB`, `12 kB`: for messages.
 pub fn human_bytes(n: u64) -> String {
     let units = [(1e9, "GB"), (1e6, "MB"), (1e3, "kB")];
-    units
-        .iter()
-        .find(|(size, _)| n as f64 >= *size)
-        .map_or(format!("{n} bytes"), |(size, unit)| format!("{:.1} {unit}", n as f64 / size))
+    units.iter().find(|(size, _)| n as f64 >= *size).map_or(format!("{n} bytes"), |(size, unit)| format!("{:.1} {unit}", n as f64 / size))
 }
 
 #[cfg(test)]

@@ -71,7 +71,15 @@ pub fn set_rng_state(device: tch::Device, state: &Tensor) -> Result<(), TchError
 
 #[cfg(sadajem_distributed)]
 extern "C" {
-    fn sj_group_new(addr: *const std::ffi::c_char, port: c_int, rank: c_int, world: c_int, timeout_s: c_int, nccl_cuda_index: c_int, out: *mut *mut c_void) -> c_int;
+    fn sj_group_new(
+        addr: *const std::ffi::c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        timeout_s: c_int,
+        nccl_cuda_index: c_int,
+        out: *mut *mut c_void,
+    ) -> c_int;
     fn sj_group_free(g: *mut c_void);
     fn sj_group_allreduce_sum(g: *mut c_void, t: *mut c_void) -> c_int;
     fn sj_group_broadcast(g: *mut c_void, t: *mut c_void, root: c_int) -> c_int;

@@ -17,16 +17,26 @@ fn text(o: &Output) -> String {
 
 /// A small but real softmax run: WRN-10-1 on 5,500 Fashion-MNIST images (39 batches an epoch).
 const TINY: &[&str] = &[
-    "--set", "model.depth=10",
-    "--set", "model.widen=1",
-    "--set", "optim.lr=0.05",
-    "--set", "data.max_train=5500",
-    "--set", "data.max_test=1000",
-    "--set", "data.n_valid=500",
-    "--set", "optim.warmup_iters=10",
-    "--set", "optim.decay_epochs=[2]",
-    "--set", "train.log_every=5",
-    "--set", "train.threads=1",
+    "--set",
+    "model.depth=10",
+    "--set",
+    "model.widen=1",
+    "--set",
+    "optim.lr=0.05",
+    "--set",
+    "data.max_train=5500",
+    "--set",
+    "data.max_test=1000",
+    "--set",
+    "data.n_valid=500",
+    "--set",
+    "optim.warmup_iters=10",
+    "--set",
+    "optim.decay_epochs=[2]",
+    "--set",
+    "train.log_every=5",
+    "--set",
+    "train.threads=1",
 ];
 
 /// `train --preset PRESET --run-dir RUN_DIR` with the `tiny` settings, then `extra`.
@@ -44,19 +54,32 @@ fn train(run_dir: &Path, extra: &[&str]) -> Output {
 /// A small SADA-JEM run: WRN-10-1, 1,000 training images in batches of 32 (31 an epoch),
 /// 16 chains of 2 clipped steps from the informative init, ASAM.
 const TINY_JEM: &[&str] = &[
-    "--set", "model.depth=10",
-    "--set", "model.widen=1",
-    "--set", "data.max_train=1100",
-    "--set", "data.max_test=300",
-    "--set", "data.n_valid=100",
-    "--set", "data.batch_size=32",
-    "--set", "loss.px_batch_size=16",
-    "--set", "sampler.batch_size=16",
-    "--set", "sampler.steps=2",
-    "--set", "sampler.buffer_size=200",
-    "--set", "optim.warmup_iters=10",
-    "--set", "optim.lr=0.05",
-    "--set", "train.threads=1",
+    "--set",
+    "model.depth=10",
+    "--set",
+    "model.widen=1",
+    "--set",
+    "data.max_train=1100",
+    "--set",
+    "data.max_test=300",
+    "--set",
+    "data.n_valid=100",
+    "--set",
+    "data.batch_size=32",
+    "--set",
+    "loss.px_batch_size=16",
+    "--set",
+    "sampler.batch_size=16",
+    "--set",
+    "sampler.steps=2",
+    "--set",
+    "sampler.buffer_size=200",
+    "--set",
+    "optim.warmup_iters=10",
+    "--set",
+    "optim.lr=0.05",
+    "--set",
+    "train.threads=1",
 ];
 
 fn train_jem(run_dir: &Path, extra: &[&str]) -> Output {
@@ -64,11 +87,7 @@ fn train_jem(run_dir: &Path, extra: &[&str]) -> Output {
 }
 
 fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -290,18 +309,47 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     let inception = installed.clone().or_else(inception_file);
     let inception_set = format!("eval.inception=\"{}\"", inception.as_ref().map_or(String::new(), |p| p.display().to_string()));
     let mut args = vec![
-        "eval", "--run-dir", run.to_str().unwrap(), "--checkpoint", "latest",
-        "--set", "eval.n_test=200",
-        "--set", "eval.refine_steps=2",
-        "--set", "eval.ood_sets=[\"data/mnist\", \"interp\", \"uniform\", \"gaussian\"]",
-        "--set", "eval.ood_n=100",
-        "--set", "eval.pgd_n=40", "--set", "eval.pgd_steps=3",
-        "--set", "eval.pgd_linf_eps=[2, 8]", "--set", "eval.pgd_l2_eps=[100]",
-        "--set", "eval.gen_steps=3", "--set", "eval.gen_n=16", "--set", "eval.gen_per_class=2",
-        "--set", "eval.fid_n=20", "--set", "eval.fid_buffer_n=40",
-        "--set", "eval.fid_reference=\"test\"", "--set", "eval.fid_reference_n=60",
-        "--set", "eval.kid_subsets=4", "--set", "eval.kid_subset_size=10",
-        "--set", &cache_set,
+        "eval",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--checkpoint",
+        "latest",
+        "--set",
+        "eval.n_test=200",
+        "--set",
+        "eval.refine_steps=2",
+        "--set",
+        "eval.ood_sets=[\"data/mnist\", \"interp\", \"uniform\", \"gaussian\"]",
+        "--set",
+        "eval.ood_n=100",
+        "--set",
+        "eval.pgd_n=40",
+        "--set",
+        "eval.pgd_steps=3",
+        "--set",
+        "eval.pgd_linf_eps=[2, 8]",
+        "--set",
+        "eval.pgd_l2_eps=[100]",
+        "--set",
+        "eval.gen_steps=3",
+        "--set",
+        "eval.gen_n=16",
+        "--set",
+        "eval.gen_per_class=2",
+        "--set",
+        "eval.fid_n=20",
+        "--set",
+        "eval.fid_buffer_n=40",
+        "--set",
+        "eval.fid_reference=\"test\"",
+        "--set",
+        "eval.fid_reference_n=60",
+        "--set",
+        "eval.kid_subsets=4",
+        "--set",
+        "eval.kid_subset_size=10",
+        "--set",
+        &cache_set,
     ];
     if inception.is_some() && installed.is_none() {
         args.extend(["--set", &inception_set]);
@@ -380,7 +428,19 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     assert!(!html.contains("missing:"), "every image the results name exists");
 
     let png = dir.path().join("class3.png");
-    let o = sadajem(&["sample", "--run-dir", run.to_str().unwrap(), "--n", "6", "--class", "3", "--out", png.to_str().unwrap(), "--set", "eval.gen_steps=2"]);
+    let o = sadajem(&[
+        "sample",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--n",
+        "6",
+        "--class",
+        "3",
+        "--out",
+        png.to_str().unwrap(),
+        "--set",
+        "eval.gen_steps=2",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(image::open(&png).unwrap().width(), 3 * 30 + 2);
     let o = sadajem(&["sample", "--run-dir", run.to_str().unwrap(), "--n", "2", "--class", "10", "--out", png.to_str().unwrap()]);
@@ -390,7 +450,13 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
 
     if inception.is_some() {
         // 8 buffer entries leave every class's most confident 10 % empty: IS is skipped, FID is not.
-        let mut small: Vec<&str> = args.iter().map(|a| match *a { "eval.fid_buffer_n=40" => "eval.fid_buffer_n=8", a => a }).collect();
+        let mut small: Vec<&str> = args
+            .iter()
+            .map(|a| match *a {
+                "eval.fid_buffer_n=40" => "eval.fid_buffer_n=8",
+                a => a,
+            })
+            .collect();
         small.extend(["--only", "fid", "--set", "eval.fid_protocols=[\"buffer\"]"]);
         let o = sadajem(&small);
         assert!(o.status.success(), "{}", text(&o));
@@ -419,16 +485,40 @@ fn import_eval_export_and_reimport_a_reference_checkpoint() {
     assert_eq!(shortcut["to"], "model.layer2.0.shortcut.weight");
 
     let o = sadajem(&[
-        "eval", "--run-dir", run_s, "--only", "accuracy,calibration,generation",
-        "--set", "eval.n_test=100", "--set", "eval.gen_n=4", "--set", "eval.gen_per_class=1",
-        "--set", "eval.gen_steps=2", "--set", "eval.gen_init=uniform",
+        "eval",
+        "--run-dir",
+        run_s,
+        "--only",
+        "accuracy,calibration,generation",
+        "--set",
+        "eval.n_test=100",
+        "--set",
+        "eval.gen_n=4",
+        "--set",
+        "eval.gen_per_class=1",
+        "--set",
+        "eval.gen_steps=2",
+        "--set",
+        "eval.gen_init=uniform",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     for f in ["accuracy.json", "calibration.json", "generation.json", "samples_buffer.png"] {
         assert!(run.join("eval").join(f).exists(), "missing eval/{f}");
     }
     let png = dir.path().join("s.png");
-    let o = sadajem(&["sample", "--run-dir", run_s, "--n", "4", "--out", png.to_str().unwrap(), "--set", "eval.gen_steps=2", "--set", "eval.gen_init=uniform"]);
+    let o = sadajem(&[
+        "sample",
+        "--run-dir",
+        run_s,
+        "--n",
+        "4",
+        "--out",
+        png.to_str().unwrap(),
+        "--set",
+        "eval.gen_steps=2",
+        "--set",
+        "eval.gen_init=uniform",
+    ]);
     assert!(o.status.success() && png.exists(), "{}", text(&o));
 
     let model = |run: &Path| {
@@ -456,7 +546,10 @@ fn import_eval_export_and_reimport_a_reference_checkpoint() {
     let bad = dir.path().join("bad2");
     let o = sadajem(&["import", fixture, "--out", bad.to_str().unwrap(), "--data", "data/fashion-mnist", "--set", "model.widen=2"]);
     let out = text(&o);
-    assert!(!o.status.success() && out.contains("`f.layer1.0.conv1.weight`") && out.contains("[16, 16, 3, 3]") && out.contains("[32, 16, 3, 3]"), "{out}");
+    assert!(
+        !o.status.success() && out.contains("`f.layer1.0.conv1.weight`") && out.contains("[16, 16, 3, 3]") && out.contains("[32, 16, 3, 3]"),
+        "{out}"
+    );
     assert!(!bad.exists(), "a failed import writes nothing");
     let o = sadajem(&["import", fixture, "--out", bad.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("--data"), "{}", text(&o));
@@ -472,14 +565,25 @@ fn sidecar(file: &Path) -> std::path::PathBuf {
 
 /// `bench` settings small enough for a test: WRN-10-1 on 1,100 images, batches 32/16/16.
 const TINY_BENCH: &[&str] = &[
-    "bench", "--preset", "sadajem-fashion",
-    "--set", "data.max_train=1100",
-    "--set", "data.n_valid=100",
-    "--set", "data.batch_size=32",
-    "--set", "loss.px_batch_size=16",
-    "--set", "sampler.batch_size=16",
-    "--set", "sampler.buffer_size=200",
-    "--warmup", "1", "--iters", "2",
+    "bench",
+    "--preset",
+    "sadajem-fashion",
+    "--set",
+    "data.max_train=1100",
+    "--set",
+    "data.n_valid=100",
+    "--set",
+    "data.batch_size=32",
+    "--set",
+    "loss.px_batch_size=16",
+    "--set",
+    "sampler.batch_size=16",
+    "--set",
+    "sampler.buffer_size=200",
+    "--warmup",
+    "1",
+    "--iters",
+    "2",
     // Tests run side by side: the machine is busy by design here.
     "--allow-busy",
 ];
@@ -589,11 +693,8 @@ fn installed_inception() -> Option<std::path::PathBuf> {
 /// What TensorBoard's own reader (tests/read_tensorboard.py, in a venv it makes on first use)
 /// finds in `dir`; None, with the reason printed, where it cannot be set up.
 fn tensorboard_read(dir: &Path) -> Option<serde_json::Value> {
-    let o = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_tensorboard.py"))
-        .arg(dir)
-        .output()
-        .expect("python3 runs");
+    let o =
+        Command::new("python3").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_tensorboard.py")).arg(dir).output().expect("python3 runs");
     if o.status.code() == Some(77) {
         eprintln!("TensorBoard reader part skipped: {}", String::from_utf8_lossy(&o.stderr).trim());
         return None;
@@ -661,7 +762,8 @@ fn tensorboard_shows_the_run(run: &Path) {
     let m = metrics(run);
     for key in ["loss", "lse_data", "lse_sample", "acc"] {
         let curve = read["scalars"][format!("train/{key}")].as_array().unwrap_or_else(|| panic!("no train/{key}: {read}"));
-        let want: Vec<(i64, f64)> = m.iter().filter(|r| r["kind"] == "train").map(|r| (r["iter"].as_i64().unwrap(), r[key].as_f64().unwrap())).collect();
+        let want: Vec<(i64, f64)> =
+            m.iter().filter(|r| r["kind"] == "train").map(|r| (r["iter"].as_i64().unwrap(), r[key].as_f64().unwrap())).collect();
         assert_eq!(curve.len(), want.len(), "train/{key}");
         for (point, (step, v)) in curve.iter().zip(want) {
             assert_eq!(point[0].as_i64().unwrap(), step);
@@ -673,7 +775,10 @@ fn tensorboard_shows_the_run(run: &Path) {
     let grids = read["images"]["samples/buffer"].as_array().unwrap();
     assert_eq!(grids.len(), 3);
     let png = std::fs::metadata(run.join("samples/iter_0000010.png")).unwrap().len();
-    assert_eq!((grids[0][0].as_i64(), grids[0][1].as_i64(), grids[0][3].as_u64(), grids[0][4].as_bool()), (Some(10), Some(8 * 30 + 2), Some(png), Some(true)));
+    assert_eq!(
+        (grids[0][0].as_i64(), grids[0][1].as_i64(), grids[0][3].as_u64(), grids[0][4].as_bool()),
+        (Some(10), Some(8 * 30 + 2), Some(png), Some(true))
+    );
     assert_eq!(read["images"]["samples/final"][0][0], 31);
 }
 

@@ -37,18 +37,30 @@ fn model_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
 /// Softmax with ASAM on a WRN-10-1 without normalisation: 4 iterations over 128 images, with
 /// flips (the augmentation stream is shared, so the global batches are the same images).
 const EQUIVALENCE: &[&str] = &[
-    "--preset", "softmax-fashion",
-    "--set", "model.depth=10",
-    "--set", "model.norm=none",
-    "--set", "data.max_train=160",
-    "--set", "data.n_valid=32",
-    "--set", "data.max_test=100",
-    "--set", "train.epochs=1",
-    "--set", "optim.warmup_iters=2",
-    "--set", "optim.sam_rho=0.5",
-    "--set", "optim.sam_adaptive=true",
-    "--set", "train.precision=fp32",
-    "--set", "train.threads=1",
+    "--preset",
+    "softmax-fashion",
+    "--set",
+    "model.depth=10",
+    "--set",
+    "model.norm=none",
+    "--set",
+    "data.max_train=160",
+    "--set",
+    "data.n_valid=32",
+    "--set",
+    "data.max_test=100",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "optim.warmup_iters=2",
+    "--set",
+    "optim.sam_rho=0.5",
+    "--set",
+    "optim.sam_adaptive=true",
+    "--set",
+    "train.precision=fp32",
+    "--set",
+    "train.threads=1",
 ];
 
 #[test]
@@ -90,22 +102,38 @@ fn two_workers_with_batch_b_train_the_same_weights_as_one_with_batch_2b() {
 /// A small SADA-JEM run, checkpointing every 4 iterations: 2 workers × batch 16 over 1,000
 /// images (31 iterations an epoch), 2 epochs.
 const JEM: &[&str] = &[
-    "--preset", "sadajem-fashion",
-    "--set", "model.depth=10",
-    "--set", "data.max_train=1100",
-    "--set", "data.max_test=200",
-    "--set", "data.n_valid=100",
-    "--set", "data.batch_size=16",
-    "--set", "loss.px_batch_size=16",
-    "--set", "sampler.batch_size=16",
-    "--set", "sampler.steps=2",
-    "--set", "sampler.buffer_size=200",
-    "--set", "optim.warmup_iters=10",
-    "--set", "optim.lr=0.05",
-    "--set", "train.epochs=2",
-    "--set", "train.log_every=4",
-    "--set", "train.checkpoint_every=4",
-    "--set", "train.threads=1",
+    "--preset",
+    "sadajem-fashion",
+    "--set",
+    "model.depth=10",
+    "--set",
+    "data.max_train=1100",
+    "--set",
+    "data.max_test=200",
+    "--set",
+    "data.n_valid=100",
+    "--set",
+    "data.batch_size=16",
+    "--set",
+    "loss.px_batch_size=16",
+    "--set",
+    "sampler.batch_size=16",
+    "--set",
+    "sampler.steps=2",
+    "--set",
+    "sampler.buffer_size=200",
+    "--set",
+    "optim.warmup_iters=10",
+    "--set",
+    "optim.lr=0.05",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.log_every=4",
+    "--set",
+    "train.checkpoint_every=4",
+    "--set",
+    "train.threads=1",
 ];
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
@@ -175,7 +203,9 @@ fn a_killed_worker_stops_the_job_and_resume_finishes_it_as_if_uninterrupted() {
     assert!(err.contains("was killed by signal 9") && err.contains("stopped the other workers"), "{err}");
     assert!(started.elapsed().as_secs() < 30, "the job took {:?} to stop", started.elapsed());
     assert!(!killed.join("final.json").exists());
-    assert!(workers.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists() || std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z"))));
+    assert!(workers.iter().all(
+        |p| !Path::new(&format!("/proc/{p}")).exists() || std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z"))
+    ));
 
     // A different number of workers is refused, naming the right one.
     let o = sadajem(&["train", "--resume", killed.to_str().unwrap()]);

@@ -79,10 +79,7 @@ fn fixture(name: &str) -> PathBuf {
 /// The reference fixture's state dict: names and shapes (its values are not needed).
 fn reference_shapes() -> Vec<(String, Vec<i64>)> {
     let c = sadajem::store::pickle::archive::read(&fixture("checkpoint.pt"), &Default::default()).unwrap();
-    c.tensors
-        .into_iter()
-        .filter_map(|(n, t)| Some((n.strip_prefix("model_state_dict.")?.to_string(), t.size)))
-        .collect()
+    c.tensors.into_iter().filter_map(|(n, t)| Some((n.strip_prefix("model_state_dict.")?.to_string(), t.size))).collect()
 }
 
 /// The reference checkpoint forged: `before` runs first (its result dropped), `more_state` goes
@@ -180,7 +177,10 @@ fn zip_sizes_are_not_trusted() {
         records.extend(storages(0));
         std::fs::write(dir.path().join("pkl.pt"), forge::zip(&records)).unwrap();
         refused(&import(&dir.path().join("pkl.pt"), &dir.path().join("run"), &[]), &format!("record archive/data.pkl declares {declared} bytes"));
-        let mut records = vec![Record::plain("archive/data.pkl", &pickle), Record { declared, ..Record::plain("archive/data/0", &vec![0; 4 * numels[0] as usize]) }];
+        let mut records = vec![
+            Record::plain("archive/data.pkl", &pickle),
+            Record { declared, ..Record::plain("archive/data/0", &vec![0; 4 * numels[0] as usize]) },
+        ];
         records.extend(storages(1));
         std::fs::write(dir.path().join("storage.pt"), forge::zip(&records)).unwrap();
         refused(&import(&dir.path().join("storage.pt"), &dir.path().join("run"), &[]), &format!("record archive/data/0 declares {declared} bytes"));
@@ -201,7 +201,9 @@ fn zip_sizes_are_not_trusted() {
 #[test]
 fn replay_buffer_views_are_budgeted_and_an_empty_one_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for (n, message) in [(1_000_000_000_000i64, "replay_buffer of size [1000000000000, 1, 28, 28]"), (30_000, "replay_buffer of size [30000, 1, 28, 28]")] {
+    for (n, message) in
+        [(1_000_000_000_000i64, "replay_buffer of size [1000000000000, 1, 28, 28]"), (30_000, "replay_buffer of size [30000, 1, 28, 28]")]
+    {
         for file in forged(dir.path(), "view", Some((vec![n, 1, 28, 28], vec![0; 4], 1)), b"", b"") {
             let out = dir.path().join("run");
             refused(&import(&file, &out, &[]), message);
@@ -215,7 +217,10 @@ fn replay_buffer_views_are_budgeted_and_an_empty_one_refused() {
     // --max-tensor-bytes lowers (or raises) the cap, and the message says so.
     let shape = vec![16, 1, 28, 28];
     let [file, _] = forged(dir.path(), "honest", Some((shape.clone(), forge::contiguous(&shape), 16 * 784)), b"", b"");
-    refused(&import(&file, &dir.path().join("run"), &["--max-tensor-bytes", "64K"]), "the 64.0 KiB allowed (sadajem import --max-tensor-bytes raises it)");
+    refused(
+        &import(&file, &dir.path().join("run"), &["--max-tensor-bytes", "64K"]),
+        "the 64.0 KiB allowed (sadajem import --max-tensor-bytes raises it)",
+    );
     let r = import(&file, &dir.path().join("run"), &["--max-tensor-bytes", "1G"]);
     assert_eq!(r.code, Some(0), "{}", r.out);
     let r = import(&file, &dir.path().join("run2"), &["--max-tensor-bytes", "lots"]);
@@ -263,7 +268,11 @@ fn report_and_compare_read_only_their_own_files_and_never_hang() {
     }
     std::fs::write(run.join("metrics.jsonl"), metrics).unwrap();
     std::fs::write(run.join("eval/ood.json"), r#"{"sets": {}, "plots": ["/etc/passwd", "../../../../etc/passwd"]}"#).unwrap();
-    std::fs::write(run.join("eval/robustness.json"), r#"{"norms": {"linf": [{"eps": -1e308, "accuracy": 1e308}, {"eps": 1e308, "accuracy": -1e308}]}}"#).unwrap();
+    std::fs::write(
+        run.join("eval/robustness.json"),
+        r#"{"norms": {"linf": [{"eps": -1e308, "accuracy": 1e308}, {"eps": 1e308, "accuracy": -1e308}]}}"#,
+    )
+    .unwrap();
     std::os::unix::fs::symlink("/etc/passwd", run.join("samples/iter_0000001.png")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", run.join("samples/iter_0000002.png")).unwrap();
     let fifo = std::ffi::CString::new(run.join("samples/final.png").to_str().unwrap()).unwrap();
@@ -274,7 +283,11 @@ fn report_and_compare_read_only_their_own_files_and_never_hang() {
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(!html.contains("root:x:0"), "/etc/passwd is in the page");
     assert!(html.len() < 5 << 20, "{} bytes", html.len());
-    for note in ["not embedded: /etc/passwd", "not embedded: samples/iter_0000002.png: a symbolic link", "not embedded: samples/final.png: not a regular file"] {
+    for note in [
+        "not embedded: /etc/passwd",
+        "not embedded: samples/iter_0000002.png: a symbolic link",
+        "not embedded: samples/final.png: not a regular file",
+    ] {
         assert!(html.contains(note), "{note}");
     }
     assert!(r.out.contains("warning:") && r.out.contains("not embedded"), "{}", r.out);
@@ -353,7 +366,11 @@ fn settings_and_readers_fail_with_named_errors() {
     for i in 0..3 {
         image::RgbImage::new(8, 8).save(folder.join(format!("{i}.png"))).unwrap();
     }
-    let r = sadajem_env(&["data", "info", folder.to_str().unwrap(), "--size", "512"], &[("SADAJEM_TEST_MEMORY_BYTES", "1000000")], Duration::from_secs(60));
+    let r = sadajem_env(
+        &["data", "info", folder.to_str().unwrap(), "--size", "512"],
+        &[("SADAJEM_TEST_MEMORY_BYTES", "1000000")],
+        Duration::from_secs(60),
+    );
     refused(&r, "3 images at 512x512 with 3 channel(s) take 2359296 bytes (2.2 MiB): more than this machine's 976.6 KiB of memory");
     // Half a gigabyte of zeros gzip'd to half a megabyte, its header telling the truth.
     let idx = dir.path().join("idx");
@@ -372,5 +389,8 @@ fn settings_and_readers_fail_with_named_errors() {
     std::fs::write(idx.join("train-images-idx3-ubyte.gz"), enc.finish().unwrap()).unwrap();
     std::fs::write(idx.join("train-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 0]).unwrap();
     let r = sadajem(&["data", "info", idx.to_str().unwrap()]);
-    refused(&r, &format!("implausible header: header says {n} images of 28x28 ({} bytes after the 16-byte header), more than 100 times", n as u64 * 784));
+    refused(
+        &r,
+        &format!("implausible header: header says {n} images of 28x28 ({} bytes after the 16-byte header), more than 100 times", n as u64 * 784),
+    );
 }

@@ -24,17 +24,28 @@ fn text(o: &Output) -> String {
 /// A softmax WRN-10-1 on 1,000 Fashion-MNIST images in batches of 32: 31 iterations an epoch,
 /// each followed by a checkpoint, so that a random kill often lands inside a checkpoint write.
 const SMALL: &[&str] = &[
-    "--set", "model.depth=10",
-    "--set", "model.widen=1",
-    "--set", "optim.lr=0.05",
-    "--set", "optim.warmup_iters=10",
-    "--set", "data.max_train=1100",
-    "--set", "data.max_test=200",
-    "--set", "data.n_valid=100",
-    "--set", "data.batch_size=32",
-    "--set", "train.log_every=1",
-    "--set", "train.checkpoint_every=1",
-    "--set", "train.threads=1",
+    "--set",
+    "model.depth=10",
+    "--set",
+    "model.widen=1",
+    "--set",
+    "optim.lr=0.05",
+    "--set",
+    "optim.warmup_iters=10",
+    "--set",
+    "data.max_train=1100",
+    "--set",
+    "data.max_test=200",
+    "--set",
+    "data.n_valid=100",
+    "--set",
+    "data.batch_size=32",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "train.threads=1",
 ];
 
 fn train_args<'a>(run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
@@ -157,7 +168,10 @@ fn twenty_kills_at_random_moments_never_leave_a_run_that_cannot_resume() {
             checkpoint::read(&ckpts.join("latest.safetensors")).unwrap_or_else(|e| panic!("trial {trial}: {e:#}"));
         }
         assert!(!names.iter().any(|n| n.ends_with(".bad")), "trial {trial}: {names:?}");
-        assert!(names.iter().filter(|n| n.starts_with("iter_")).count() <= 3, "keep_checkpoints = 3 (one more between keeping and pruning): {names:?}");
+        assert!(
+            names.iter().filter(|n| n.starts_with("iter_")).count() <= 3,
+            "keep_checkpoints = 3 (one more between keeping and pruning): {names:?}"
+        );
     }
 
     let o = sadajem(&resume);

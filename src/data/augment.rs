@@ -48,7 +48,13 @@ pub fn scale(v: u8) -> f32 {
 /// PyTorch's `reflect` padding: index −1 maps to 1, n to n−2 (the edge is not repeated).
 fn reflect(i: isize, n: usize) -> usize {
     let n = n as isize;
-    let r = if i < 0 { -i } else if i >= n { 2 * (n - 1) - i } else { i };
+    let r = if i < 0 {
+        -i
+    } else if i >= n {
+        2 * (n - 1) - i
+    } else {
+        i
+    };
     r as usize
 }
 
@@ -91,15 +97,7 @@ mod tests {
 
     /// One 1×4×4 image with pixel value = 16·y + x, so every output names its source pixel.
     fn grid() -> ImageSet {
-        ImageSet {
-            images: (0..16u8).map(|v| v * 16).collect(),
-            n: 1,
-            channels: 1,
-            height: 4,
-            width: 4,
-            labels: vec![3],
-            num_classes: 10,
-        }
+        ImageSet { images: (0..16u8).map(|v| v * 16).collect(), n: 1, channels: 1, height: 4, width: 4, labels: vec![3], num_classes: 10 }
     }
 
     fn pixels(t: &Tensor) -> Vec<u8> {

@@ -24,25 +24,14 @@ struct Variant {
 
 const CIFAR10: Variant = Variant {
     sub_folder: "cifar-10-batches-bin",
-    train: &[
-        "data_batch_1.bin",
-        "data_batch_2.bin",
-        "data_batch_3.bin",
-        "data_batch_4.bin",
-        "data_batch_5.bin",
-    ],
+    train: &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
     test: &["test_batch.bin"],
     has_coarse_label: false,
     num_classes: 10,
 };
 
-const CIFAR100: Variant = Variant {
-    sub_folder: "cifar-100-binary",
-    train: &["train.bin"],
-    test: &["test.bin"],
-    has_coarse_label: true,
-    num_classes: 100,
-};
+const CIFAR100: Variant =
+    Variant { sub_folder: "cifar-100-binary", train: &["train.bin"], test: &["test.bin"], has_coarse_label: true, num_classes: 100 };
 
 const COARSE_CLASSES: usize = 20;
 
@@ -60,10 +49,7 @@ impl Variant {
     }
 
     fn has_files(&self, dir: &Path) -> bool {
-        self.train
-            .iter()
-            .chain(self.test)
-            .any(|name| dir.join(name).is_file())
+        self.train.iter().chain(self.test).any(|name| dir.join(name).is_file())
     }
 
     /// `dir` itself if it holds the files, else the official sub-folder if present.
@@ -107,31 +93,15 @@ fn load(dir: &Path, split: Split, variant: &Variant) -> Result<ImageSet, DataErr
         let path = find_file(&base, &[name])?;
         read_records(&path, variant, &mut images, &mut labels)?;
     }
-    Ok(ImageSet {
-        images,
-        n: labels.len(),
-        channels: 3,
-        height: SIDE,
-        width: SIDE,
-        labels,
-        num_classes: variant.num_classes,
-    })
+    Ok(ImageSet { images, n: labels.len(), channels: 3, height: SIDE, width: SIDE, labels, num_classes: variant.num_classes })
 }
 
 /// Appends the records of one file to `images` and `labels`.
-fn read_records(
-    path: &Path,
-    variant: &Variant,
-    images: &mut Vec<u8>,
-    labels: &mut Vec<i64>,
-) -> Result<(), DataError> {
+fn read_records(path: &Path, variant: &Variant, images: &mut Vec<u8>, labels: &mut Vec<i64>) -> Result<(), DataError> {
     let record_len = variant.record_len();
     let len = file_len(path)?;
     if len == 0 {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-            detail: "the file is empty".to_string(),
-        });
+        return Err(DataError::Empty { path: path.to_path_buf(), detail: "the file is empty".to_string() });
     }
     let tail = len % record_len as u64;
     if tail != 0 {
@@ -153,20 +123,12 @@ fn read_records(
         if variant.has_coarse_label && label_bytes[0] as usize >= COARSE_CLASSES {
             return Err(DataError::malformed(
                 path,
-                format!(
-                    "coarse label {} at index {index} is out of range for {COARSE_CLASSES} classes",
-                    label_bytes[0]
-                ),
+                format!("coarse label {} at index {index} is out of range for {COARSE_CLASSES} classes", label_bytes[0]),
             ));
         }
         let label = label_bytes[label_bytes.len() - 1];
         if label as usize >= variant.num_classes {
-            return Err(DataError::LabelOutOfRange {
-                path: path.to_path_buf(),
-                label: label as i64,
-                index,
-                num_classes: variant.num_classes,
-            });
+            return Err(DataError::LabelOutOfRange { path: path.to_path_buf(), label: label as i64, index, num_classes: variant.num_classes });
         }
         labels.push(label as i64);
         images.extend_from_slice(pixels);
@@ -219,15 +181,9 @@ mod tests {
     #[test]
     fn cifar10_fixture_matches_the_samples() {
         let set = load_cifar10(&fixture("cifar10"), Split::Test).unwrap();
-        assert_eq!(
-            (set.n, set.channels, set.height, set.width),
-            (20, 3, 32, 32)
-        );
+        assert_eq!((set.n, set.channels, set.height, set.width), (20, 3, 32, 32));
         assert_eq!(set.num_classes, 10);
-        assert_eq!(
-            set.labels,
-            [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]
-        );
+        assert_eq!(set.labels, [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]);
         // R, G, B of the top-left pixel of the first test image, each from its own plane.
         let first = [set.image(0)[0], set.image(0)[1024], set.image(0)[2048]];
         assert_eq!(first, [158, 112, 49]);
@@ -236,10 +192,7 @@ mod tests {
         let pngs = sample_pngs("cifar10");
         for (index, label, png) in &pngs {
             assert_eq!(set.labels[*index], *label);
-            assert!(
-                set.image(*index) == &png_chw(png)[..],
-                "image {index} differs from {png:?}"
-            );
+            assert!(set.image(*index) == &png_chw(png)[..], "image {index} differs from {png:?}");
         }
         if let Some((_, _, png)) = pngs.first() {
             let rgb = image::open(png).unwrap().to_rgb8();
@@ -252,10 +205,7 @@ mod tests {
         let set = load_cifar100(&fixture("cifar100"), Split::Test).unwrap();
         assert_eq!(set.n, 20);
         assert_eq!(set.num_classes, 100);
-        assert_eq!(
-            set.labels,
-            [49, 33, 72, 51, 71, 92, 15, 14, 23, 0, 71, 75, 81, 69, 40, 43, 92, 97, 70, 53]
-        );
+        assert_eq!(set.labels, [49, 33, 72, 51, 71, 92, 15, 14, 23, 0, 71, 75, 81, 69, 40, 43, 92, 97, 70, 53]);
         assert_eq!(pixel_sum(&set), 7_580_685);
         for (index, label, png) in sample_pngs("cifar100") {
             assert_eq!(set.labels[index], label);
@@ -268,11 +218,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let sub = tmp.path().join("cifar-10-batches-bin");
         fs::create_dir(&sub).unwrap();
-        fs::copy(
-            fixture("cifar10/test_batch.bin"),
-            sub.join("test_batch.bin"),
-        )
-        .unwrap();
+        fs::copy(fixture("cifar10/test_batch.bin"), sub.join("test_batch.bin")).unwrap();
         assert!(looks_like_cifar10(tmp.path()));
         assert!(!looks_like_cifar100(tmp.path()));
         assert_eq!(load_cifar10(tmp.path(), Split::Test).unwrap().n, 20);
@@ -291,13 +237,8 @@ mod tests {
         assert_eq!(set.labels[..3], [3, 3, 8]);
 
         fs::remove_file(tmp.path().join("data_batch_4.bin")).unwrap();
-        let msg = load_cifar10(tmp.path(), Split::Train)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("no such file; expected data_batch_4.bin in"),
-            "{msg}"
-        );
+        let msg = load_cifar10(tmp.path(), Split::Train).unwrap_err().to_string();
+        assert!(msg.contains("no such file; expected data_batch_4.bin in"), "{msg}");
     }
 
     #[test]
@@ -306,22 +247,12 @@ mod tests {
         let bytes = fs::read(fixture("cifar10/test_batch.bin")).unwrap();
         let path = tmp.path().join("test_batch.bin");
         fs::write(&path, &bytes[..3073 * 2 + 100]).unwrap();
-        let msg = load_cifar10(tmp.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains(&format!("{}: truncated", path.display())),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("6246 bytes") && msg.contains("3073-byte records"),
-            "{msg}"
-        );
+        let msg = load_cifar10(tmp.path(), Split::Test).unwrap_err().to_string();
+        assert!(msg.contains(&format!("{}: truncated", path.display())), "{msg}");
+        assert!(msg.contains("6246 bytes") && msg.contains("3073-byte records"), "{msg}");
 
         fs::write(&path, b"").unwrap();
-        let msg = load_cifar10(tmp.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
+        let msg = load_cifar10(tmp.path(), Split::Test).unwrap_err().to_string();
         assert!(msg.contains("test_batch.bin: no images found"), "{msg}");
     }
 
@@ -329,14 +260,8 @@ mod tests {
     fn wrong_format_is_an_error() {
         // A CIFAR-10 file read as CIFAR-100: the record sizes disagree.
         let tmp = tempfile::tempdir().unwrap();
-        fs::copy(
-            fixture("cifar10/test_batch.bin"),
-            tmp.path().join("test.bin"),
-        )
-        .unwrap();
-        let msg = load_cifar100(tmp.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
+        fs::copy(fixture("cifar10/test_batch.bin"), tmp.path().join("test.bin")).unwrap();
+        let msg = load_cifar100(tmp.path(), Split::Test).unwrap_err().to_string();
         assert!(msg.contains("test.bin: truncated"), "{msg}");
     }
 
@@ -346,23 +271,13 @@ mod tests {
         let mut bytes = fs::read(fixture("cifar10/test_batch.bin")).unwrap();
         bytes[3073 * 5] = 11;
         fs::write(tmp.path().join("test_batch.bin"), &bytes).unwrap();
-        let msg = load_cifar10(tmp.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("test_batch.bin: label 11 at index 5 is out of range for 10 classes"),
-            "{msg}"
-        );
+        let msg = load_cifar10(tmp.path(), Split::Test).unwrap_err().to_string();
+        assert!(msg.contains("test_batch.bin: label 11 at index 5 is out of range for 10 classes"), "{msg}");
 
         let mut bytes = fs::read(fixture("cifar100/test.bin")).unwrap();
         bytes[3074 * 2] = 25;
         fs::write(tmp.path().join("test.bin"), &bytes).unwrap();
-        let msg = load_cifar100(tmp.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("test.bin: coarse label 25 at index 2"),
-            "{msg}"
-        );
+        let msg = load_cifar100(tmp.path(), Split::Test).unwrap_err().to_string();
+        assert!(msg.contains("test.bin: coarse label 25 at index 2"), "{msg}");
     }
 }

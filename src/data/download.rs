@@ -65,8 +65,7 @@ const MB: u64 = 1 << 20;
 // (torchvision/datasets/mnist.py, `mirrors` and `resources`) lists a mirror first and the same
 // four MD5 sums, as do its SVHN and FashionMNIST classes (torchvision/datasets/svhn.py,
 // `split_list`). The byte bounds are the published sizes rounded up.
-const MNIST_FILES: [&str; 4] =
-    ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"];
+const MNIST_FILES: [&str; 4] = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"];
 
 pub const DATASETS: &[Dataset<'static>] = &[
     Dataset {
@@ -140,9 +139,10 @@ pub const DATASETS: &[Dataset<'static>] = &[
 
 /// The dataset called `name`, or an error listing the names.
 pub fn find(name: &str) -> Result<&'static Dataset<'static>> {
-    DATASETS.iter().find(|d| d.name == name).with_context(|| {
-        format!("unknown dataset `{name}`; expected one of {}", DATASETS.iter().map(|d| d.name).collect::<Vec<_>>().join(", "))
-    })
+    DATASETS
+        .iter()
+        .find(|d| d.name == name)
+        .with_context(|| format!("unknown dataset `{name}`; expected one of {}", DATASETS.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")))
 }
 
 impl Dataset<'_> {
@@ -347,11 +347,8 @@ fn hex(bytes: &[u8]) -> String {
 
 fn progress(file: &str, length: Option<u64>) -> ProgressBar {
     let bar = ProgressBar::new(length.unwrap_or(0));
-    let template = if length.is_some() {
-        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})"
-    } else {
-        "{prefix} {bytes} {bytes_per_sec}"
-    };
+    let template =
+        if length.is_some() { "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})" } else { "{prefix} {bytes} {bytes_per_sec}" };
     bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
     bar.set_prefix(file.to_string());
     bar

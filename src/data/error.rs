@@ -19,12 +19,7 @@ pub enum DataError {
     MissingFile { dir: PathBuf, expected: Vec<String> },
 
     #[error("{}: bad magic number {found:#010x}, expected {expected:#010x} ({what})", path.display())]
-    BadMagic {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-        what: &'static str,
-    },
+    BadMagic { path: PathBuf, found: u32, expected: u32, what: &'static str },
 
     /// The file ends before the data its header (or record layout) promises.
     #[error("{}: truncated: {detail}", path.display())]
@@ -40,30 +35,17 @@ pub enum DataError {
     Malformed { path: PathBuf, detail: String },
 
     #[error("{}: label {label} at index {index} is out of range for {num_classes} classes", path.display())]
-    LabelOutOfRange {
-        path: PathBuf,
-        label: i64,
-        index: usize,
-        num_classes: usize,
-    },
+    LabelOutOfRange { path: PathBuf, label: i64, index: usize, num_classes: usize },
 
     #[error(
         "{} holds {n_images} images but {} holds {n_labels} labels; the two files must agree",
         images.display(),
         labels.display()
     )]
-    CountMismatch {
-        images: PathBuf,
-        n_images: usize,
-        labels: PathBuf,
-        n_labels: usize,
-    },
+    CountMismatch { images: PathBuf, n_images: usize, labels: PathBuf, n_labels: usize },
 
     #[error("{}: cannot decode image: {error}", path.display())]
-    Image {
-        path: PathBuf,
-        error: image::ImageError,
-    },
+    Image { path: PathBuf, error: image::ImageError },
 
     #[error("{}: no images found; {detail}", path.display())]
     Empty { path: PathBuf, detail: String },
@@ -73,22 +55,14 @@ pub enum DataError {
 
     /// A name given on the command line or in a config that is not one we know.
     #[error("unknown {what} '{found}'; expected one of {expected}")]
-    UnknownName {
-        what: &'static str,
-        found: String,
-        expected: &'static str,
-    },
+    UnknownName { what: &'static str, found: String, expected: &'static str },
 
     #[error("invalid reader option: {0}")]
     BadOption(String),
 
     /// A split (or a file read whole) that would not fit in memory.
     #[error("{}: {detail}: more than this machine's {memory} of memory", path.display())]
-    TooLarge {
-        path: PathBuf,
-        detail: String,
-        memory: String,
-    },
+    TooLarge { path: PathBuf, detail: String, memory: String },
 }
 
 fn one_of(names: &[String]) -> String {
@@ -100,30 +74,18 @@ fn one_of(names: &[String]) -> String {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {
-        DataError::Io {
-            path: path.into(),
-            error,
-        }
+        DataError::Io { path: path.into(), error }
     }
 
     pub(crate) fn malformed(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        DataError::Malformed {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        DataError::Malformed { path: path.into(), detail: detail.into() }
     }
 
     pub(crate) fn truncated(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        DataError::Truncated {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        DataError::Truncated { path: path.into(), detail: detail.into() }
     }
 
     pub(crate) fn implausible(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        DataError::ImplausibleHeader {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        DataError::ImplausibleHeader { path: path.into(), detail: detail.into() }
     }
 }

@@ -31,10 +31,7 @@ pub struct FolderOptions {
 impl Default for FolderOptions {
     /// The shape of CIFAR-10, the usual in-distribution set when a folder is read for OOD tests.
     fn default() -> Self {
-        FolderOptions {
-            channels: 3,
-            size: 32,
-        }
+        FolderOptions { channels: 3, size: 32 }
     }
 }
 
@@ -50,16 +47,10 @@ const MAX_DECODE_BYTES: u64 = 512 << 20;
 impl FolderOptions {
     fn check(&self) -> Result<(), DataError> {
         if self.channels != 1 && self.channels != 3 {
-            return Err(DataError::BadOption(format!(
-                "folder images need 1 (grey) or 3 (RGB) channels, got {}",
-                self.channels
-            )));
+            return Err(DataError::BadOption(format!("folder images need 1 (grey) or 3 (RGB) channels, got {}", self.channels)));
         }
         if self.size == 0 || self.size > MAX_SIZE {
-            return Err(DataError::BadOption(format!(
-                "folder image size must be 1..={MAX_SIZE} pixels, got {}",
-                self.size
-            )));
+            return Err(DataError::BadOption(format!("folder image size must be 1..={MAX_SIZE} pixels, got {}", self.size)));
         }
         Ok(())
     }
@@ -109,11 +100,7 @@ pub fn load(dir: &Path, split: Split, opts: FolderOptions) -> Result<ImageSet, D
             if !classes.contains(&name) {
                 return Err(DataError::malformed(
                     root.join(&name),
-                    format!(
-                        "a class folder that {} lacks; its classes are {}",
-                        class_root.display(),
-                        classes.join(", ")
-                    ),
+                    format!("a class folder that {} lacks; its classes are {}", class_root.display(), classes.join(", ")),
                 ));
             }
         }
@@ -145,15 +132,7 @@ pub fn load(dir: &Path, split: Split, opts: FolderOptions) -> Result<ImageSet, D
     let image_len = opts.channels * opts.size * opts.size;
     // Checked before decoding anything: the allocation failing instead was an abort (SIGABRT).
     let bytes = files.len() as f64 * image_len as f64;
-    let what = || {
-        format!(
-            "{} images at {}x{} with {} channel(s) take {bytes:.0} bytes",
-            files.len(),
-            opts.size,
-            opts.size,
-            opts.channels
-        )
-    };
+    let what = || format!("{} images at {}x{} with {} channel(s) take {bytes:.0} bytes", files.len(), opts.size, opts.size, opts.channels);
     super::check_fits(&root, bytes, what)?;
     let mut images = Vec::new();
     images.try_reserve_exact(files.len() * image_len).map_err(|_| DataError::TooLarge {
@@ -166,20 +145,11 @@ pub fn load(dir: &Path, split: Split, opts: FolderOptions) -> Result<ImageSet, D
         images.extend(decode(path, opts)?);
         labels.push(*label);
     }
-    Ok(ImageSet {
-        images,
-        n: files.len(),
-        channels: opts.channels,
-        height: opts.size,
-        width: opts.size,
-        labels,
-        num_classes,
-    })
+    Ok(ImageSet { images, n: files.len(), channels: opts.channels, height: opts.size, width: opts.size, labels, num_classes })
 }
 
 fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+    path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.'))
 }
 
 fn is_image_name(path: &Path) -> bool {
@@ -204,10 +174,7 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    Ok(entries(dir)?
-        .into_iter()
-        .filter(|path| path.is_file() && is_image_name(path))
-        .collect())
+    Ok(entries(dir)?.into_iter().filter(|path| path.is_file() && is_image_name(path)).collect())
 }
 
 /// Names of the sub-folders of `dir` that hold images, sorted; a sub-folder with none (say,
@@ -227,9 +194,7 @@ fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
 /// Decodes one image to `opts.channels` CHW planes of `opts.size` squared.
 fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
     // The content decides the decoder, so a JPEG saved as .png still reads.
-    let mut reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| DataError::io(path, e))?;
+    let mut reader = ImageReader::open(path).and_then(|r| r.with_guessed_format()).map_err(|e| DataError::io(path, e))?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_DECODE_SIDE);
     limits.max_image_height = Some(MAX_DECODE_SIDE);
@@ -244,10 +209,7 @@ fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
                 MAX_DECODE_BYTES >> 20
             ),
         ),
-        error => DataError::Image {
-            path: path.to_path_buf(),
-            error,
-        },
+        error => DataError::Image { path: path.to_path_buf(), error },
     })?;
     // Converted only once small: converting first would copy a large image at up to 4 bytes a
     // pixel (a 400 KB PNG of 20000x20000 grey pixels became 1.2 GB of RGB that way).
@@ -292,25 +254,15 @@ mod tests {
 
     /// A 40x20 image, black on the left half and `colour` on the right half.
     fn half_and_half(colour: [u8; 3]) -> RgbImage {
-        RgbImage::from_fn(
-            40,
-            20,
-            |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb(colour) },
-        )
+        RgbImage::from_fn(40, 20, |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb(colour) })
     }
 
     fn two_classes(dir: &Path) {
         fs::create_dir_all(dir.join("cats")).unwrap();
         fs::create_dir_all(dir.join("dogs")).unwrap();
-        half_and_half([255, 0, 0])
-            .save(dir.join("cats/a.png"))
-            .unwrap();
-        RgbImage::from_pixel(12, 12, Rgb([0, 0, 255]))
-            .save(dir.join("cats/b.PNG"))
-            .unwrap();
-        RgbImage::from_pixel(16, 16, Rgb([0, 255, 0]))
-            .save(dir.join("dogs/c.jpg"))
-            .unwrap();
+        half_and_half([255, 0, 0]).save(dir.join("cats/a.png")).unwrap();
+        RgbImage::from_pixel(12, 12, Rgb([0, 0, 255])).save(dir.join("cats/b.PNG")).unwrap();
+        RgbImage::from_pixel(16, 16, Rgb([0, 255, 0])).save(dir.join("dogs/c.jpg")).unwrap();
         fs::write(dir.join("dogs/README.txt"), "not an image").unwrap();
         fs::write(dir.join("dogs/.hidden.png"), "ignored").unwrap();
     }
@@ -324,10 +276,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         two_classes(tmp.path());
         assert!(looks_like(tmp.path()));
-        let opts = FolderOptions {
-            channels: 3,
-            size: 8,
-        };
+        let opts = FolderOptions { channels: 3, size: 8 };
         let set = load(tmp.path(), Split::Train, opts).unwrap();
         assert_eq!((set.n, set.channels, set.height, set.width), (3, 3, 8, 8));
         assert_eq!(set.num_classes, 2);
@@ -350,23 +299,11 @@ mod tests {
     fn converts_to_grey_and_resizes() {
         let tmp = tempfile::tempdir().unwrap();
         two_classes(tmp.path());
-        let set = load(
-            tmp.path(),
-            Split::Test,
-            FolderOptions {
-                channels: 1,
-                size: 28,
-            },
-        )
-        .unwrap();
+        let set = load(tmp.path(), Split::Test, FolderOptions { channels: 1, size: 28 }).unwrap();
         assert_eq!((set.channels, set.height, set.width), (1, 28, 28));
         assert_eq!(set.images.len(), 3 * 28 * 28);
         // Pure blue in Rec. 709 luma is about 0.0722 * 255.
-        assert!(
-            set.image(1).iter().all(|&v| (15..=21).contains(&v)),
-            "{:?}",
-            &set.image(1)[..4]
-        );
+        assert!(set.image(1).iter().all(|&v| (15..=21).contains(&v)), "{:?}", &set.image(1)[..4]);
     }
 
     #[test]
@@ -374,9 +311,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         two_classes(&tmp.path().join("train"));
         fs::create_dir_all(tmp.path().join("test/dogs")).unwrap();
-        GrayImage::from_pixel(32, 32, Luma([7]))
-            .save(tmp.path().join("test/dogs/d.png"))
-            .unwrap();
+        GrayImage::from_pixel(32, 32, Luma([7])).save(tmp.path().join("test/dogs/d.png")).unwrap();
         assert!(looks_like(tmp.path()));
 
         assert_eq!(load(tmp.path(), Split::Train, rgb32()).unwrap().n, 3);
@@ -387,12 +322,8 @@ mod tests {
         assert!(test.images.iter().all(|&v| v == 7));
 
         fs::create_dir_all(tmp.path().join("test/birds")).unwrap();
-        GrayImage::new(4, 4)
-            .save(tmp.path().join("test/birds/e.png"))
-            .unwrap();
-        let msg = load(tmp.path(), Split::Test, rgb32())
-            .unwrap_err()
-            .to_string();
+        GrayImage::new(4, 4).save(tmp.path().join("test/birds/e.png")).unwrap();
+        let msg = load(tmp.path(), Split::Test, rgb32()).unwrap_err().to_string();
         assert!(msg.contains("birds") && msg.contains("cats, dogs"), "{msg}");
     }
 
@@ -400,9 +331,7 @@ mod tests {
     fn flat_folder_is_one_class() {
         let tmp = tempfile::tempdir().unwrap();
         for name in ["x.png", "y.jpeg"] {
-            RgbImage::from_pixel(50, 60, Rgb([90, 90, 90]))
-                .save(tmp.path().join(name))
-                .unwrap();
+            RgbImage::from_pixel(50, 60, Rgb([90, 90, 90])).save(tmp.path().join(name)).unwrap();
         }
         fs::create_dir(tmp.path().join("annotations")).unwrap();
         fs::write(tmp.path().join("annotations/list.csv"), "x.png,1").unwrap();
@@ -417,48 +346,29 @@ mod tests {
         two_classes(tmp.path());
         let bad = tmp.path().join("dogs/broken.png");
         fs::write(&bad, b"\x89PNG\r\n\x1a\n this is not really a PNG").unwrap();
-        let msg = load(tmp.path(), Split::Train, rgb32())
-            .unwrap_err()
-            .to_string();
+        let msg = load(tmp.path(), Split::Train, rgb32()).unwrap_err().to_string();
         assert!(msg.contains(&bad.display().to_string()), "{msg}");
 
         // A real PNG cut short.
         let full = fs::read(tmp.path().join("cats/a.png")).unwrap();
         fs::write(&bad, &full[..full.len() / 2]).unwrap();
-        let msg = load(tmp.path(), Split::Train, rgb32())
-            .unwrap_err()
-            .to_string();
+        let msg = load(tmp.path(), Split::Train, rgb32()).unwrap_err().to_string();
         assert!(msg.contains(&bad.display().to_string()), "{msg}");
 
         // Text with an image name.
         fs::write(&bad, b"hello").unwrap();
-        let msg = load(tmp.path(), Split::Train, rgb32())
-            .unwrap_err()
-            .to_string();
+        let msg = load(tmp.path(), Split::Train, rgb32()).unwrap_err().to_string();
         assert!(msg.contains(&bad.display().to_string()), "{msg}");
     }
 
     #[test]
     fn large_images_are_shrunk_by_area_averaging() {
         let tmp = tempfile::tempdir().unwrap();
-        let wide = RgbImage::from_fn(400, 200, |x, _| {
-            if x < 200 {
-                Rgb([0, 0, 0])
-            } else {
-                Rgb([255, 0, 0])
-            }
-        });
+        let wide = RgbImage::from_fn(400, 200, |x, _| if x < 200 { Rgb([0, 0, 0]) } else { Rgb([255, 0, 0]) });
         wide.save(tmp.path().join("a.png")).unwrap();
-        let opts = FolderOptions {
-            channels: 3,
-            size: 8,
-        };
+        let opts = FolderOptions { channels: 3, size: 8 };
         let a = load(tmp.path(), Split::Train, opts).unwrap().images;
-        assert!(
-            a[..4].iter().all(|&v| v == 0) && a[4..8].iter().all(|&v| v == 255),
-            "row 0 of R: {:?}",
-            &a[..8]
-        );
+        assert!(a[..4].iter().all(|&v| v == 0) && a[4..8].iter().all(|&v| v == 255), "row 0 of R: {:?}", &a[..8]);
         assert!(a[64..].iter().all(|&v| v == 0), "G and B planes");
     }
 
@@ -481,20 +391,12 @@ mod tests {
         ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
         png.extend(chunk(b"IHDR", &ihdr));
-        png.extend(chunk(
-            b"IDAT",
-            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-        ));
+        png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
         png.extend(chunk(b"IEND", b""));
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("huge.png"), png).unwrap();
-        let msg = load(tmp.path(), Split::Train, rgb32())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("huge.png: the image is larger than this reader decodes"),
-            "{msg}"
-        );
+        let msg = load(tmp.path(), Split::Train, rgb32()).unwrap_err().to_string();
+        assert!(msg.contains("huge.png: the image is larger than this reader decodes"), "{msg}");
     }
 
     #[test]
@@ -502,26 +404,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("notes.txt"), "no images here").unwrap();
         assert!(!looks_like(tmp.path()));
-        let msg = load(tmp.path(), Split::Train, rgb32())
-            .unwrap_err()
-            .to_string();
+        let msg = load(tmp.path(), Split::Train, rgb32()).unwrap_err().to_string();
         assert!(msg.contains("no images found"), "{msg}");
 
         two_classes(tmp.path());
-        GrayImage::new(4, 4)
-            .save(tmp.path().join("stray.png"))
-            .unwrap();
-        let msg = load(tmp.path(), Split::Train, rgb32())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("stray.png") && msg.contains("class folder"),
-            "{msg}"
-        );
+        GrayImage::new(4, 4).save(tmp.path().join("stray.png")).unwrap();
+        let msg = load(tmp.path(), Split::Train, rgb32()).unwrap_err().to_string();
+        assert!(msg.contains("stray.png") && msg.contains("class folder"), "{msg}");
 
-        let msg = load(&tmp.path().join("nope"), Split::Train, rgb32())
-            .unwrap_err()
-            .to_string();
+        let msg = load(&tmp.path().join("nope"), Split::Train, rgb32()).unwrap_err().to_string();
         assert!(msg.contains("nope"), "{msg}");
     }
 
@@ -529,24 +420,8 @@ mod tests {
     fn bad_options_are_errors() {
         let tmp = tempfile::tempdir().unwrap();
         two_classes(tmp.path());
-        for opts in [
-            FolderOptions {
-                channels: 2,
-                size: 32,
-            },
-            FolderOptions {
-                channels: 3,
-                size: 0,
-            },
-            FolderOptions {
-                channels: 3,
-                size: 100_000,
-            },
-        ] {
-            assert!(matches!(
-                load(tmp.path(), Split::Train, opts),
-                Err(DataError::BadOption(_))
-            ));
+        for opts in [FolderOptions { channels: 2, size: 32 }, FolderOptions { channels: 3, size: 0 }, FolderOptions { channels: 3, size: 100_000 }] {
+            assert!(matches!(load(tmp.path(), Split::Train, opts), Err(DataError::BadOption(_))));
         }
     }
 

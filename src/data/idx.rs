@@ -10,10 +10,7 @@ use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
 
-use super::{
-    check_fits, file_len, find_file, inflated_size_possible, read_at_most, DataError, ImageSet,
-    Split, MAX_INFLATION,
-};
+use super::{check_fits, file_len, find_file, inflated_size_possible, read_at_most, DataError, ImageSet, Split, MAX_INFLATION};
 
 const NUM_CLASSES: usize = 10;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -26,17 +23,9 @@ struct Kind {
     what: &'static str,
 }
 
-const IMAGES: Kind = Kind {
-    magic: 0x0000_0803,
-    ndims: 3,
-    what: "IDX images, u8, 3 dims",
-};
+const IMAGES: Kind = Kind { magic: 0x0000_0803, ndims: 3, what: "IDX images, u8, 3 dims" };
 
-const LABELS: Kind = Kind {
-    magic: 0x0000_0801,
-    ndims: 1,
-    what: "IDX labels, u8, 1 dim",
-};
+const LABELS: Kind = Kind { magic: 0x0000_0801, ndims: 1, what: "IDX labels, u8, 1 dim" };
 
 /// The file names of one split; the raw name first, so an unpacked copy wins over the archive.
 fn file_names(split: Split) -> ([String; 2], [String; 2]) {
@@ -46,10 +35,7 @@ fn file_names(split: Split) -> ([String; 2], [String; 2]) {
     };
     let images = format!("{prefix}-images-idx3-ubyte");
     let labels = format!("{prefix}-labels-idx1-ubyte");
-    (
-        [images.clone(), format!("{images}.gz")],
-        [labels.clone(), format!("{labels}.gz")],
-    )
+    ([images.clone(), format!("{images}.gz")], [labels.clone(), format!("{labels}.gz")])
 }
 
 pub(crate) fn looks_like(dir: &Path) -> bool {
@@ -68,45 +54,21 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet, DataError> {
     let (dims, images) = read_idx(&image_path, IMAGES)?;
     let (n, height, width) = (dims[0], dims[1], dims[2]);
     if height == 0 || width == 0 {
-        return Err(DataError::malformed(
-            &image_path,
-            format!("images of {height}x{width} pixels; both sides must be at least 1"),
-        ));
+        return Err(DataError::malformed(&image_path, format!("images of {height}x{width} pixels; both sides must be at least 1")));
     }
     if n == 0 {
-        return Err(DataError::Empty {
-            path: image_path,
-            detail: "the header says 0 images".to_string(),
-        });
+        return Err(DataError::Empty { path: image_path, detail: "the header says 0 images".to_string() });
     }
 
     let (label_dims, raw_labels) = read_idx(&label_path, LABELS)?;
     if label_dims[0] != n {
-        return Err(DataError::CountMismatch {
-            images: image_path,
-            n_images: n,
-            labels: label_path,
-            n_labels: label_dims[0],
-        });
+        return Err(DataError::CountMismatch { images: image_path, n_images: n, labels: label_path, n_labels: label_dims[0] });
     }
     if let Some(index) = raw_labels.iter().position(|&l| l as usize >= NUM_CLASSES) {
-        return Err(DataError::LabelOutOfRange {
-            path: label_path,
-            label: raw_labels[index] as i64,
-            index,
-            num_classes: NUM_CLASSES,
-        });
+        return Err(DataError::LabelOutOfRange { path: label_path, label: raw_labels[index] as i64, index, num_classes: NUM_CLASSES });
     }
 
-    Ok(ImageSet {
-        images,
-        n,
-        channels: 1,
-        height,
-        width,
-        labels: raw_labels.into_iter().map(i64::from).collect(),
-        num_classes: NUM_CLASSES,
-    })
+    Ok(ImageSet { images, n, channels: 1, height, width, labels: raw_labels.into_iter().map(i64::from).collect(), num_classes: NUM_CLASSES })
 }
 
 /// Reads and checks one IDX file; returns its dimensions and its elements.
@@ -116,61 +78,29 @@ fn read_idx(path: &Path, kind: Kind) -> Result<(Vec<usize>, Vec<u8>), DataError>
 
     // Gzip is recognised by its magic bytes, not the file name: people gunzip files and keep
     // the name, or store compressed files without the suffix.
-    let gzip = file
-        .fill_buf()
-        .map_err(|e| DataError::io(path, e))?
-        .starts_with(&GZIP_MAGIC);
-    let mut reader: Box<dyn Read> = if gzip {
-        Box::new(MultiGzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
+    let gzip = file.fill_buf().map_err(|e| DataError::io(path, e))?.starts_with(&GZIP_MAGIC);
+    let mut reader: Box<dyn Read> = if gzip { Box::new(MultiGzDecoder::new(file)) } else { Box::new(file) };
     let holds = if gzip { "decompresses to" } else { "holds" };
 
     let header_len = 4 + 4 * kind.ndims;
     let header = read_at_most(&mut reader, header_len as u64, path)?;
     if header.len() < 4 {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "the file {holds} {} bytes, too short for an IDX header",
-                header.len()
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("the file {holds} {} bytes, too short for an IDX header", header.len())));
     }
     let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     if magic != kind.magic {
-        return Err(DataError::BadMagic {
-            path: path.to_path_buf(),
-            found: magic,
-            expected: kind.magic,
-            what: kind.what,
-        });
+        return Err(DataError::BadMagic { path: path.to_path_buf(), found: magic, expected: kind.magic, what: kind.what });
     }
     if header.len() < header_len {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "the file {holds} {} bytes, too short for the {header_len}-byte header",
-                header.len()
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("the file {holds} {} bytes, too short for the {header_len}-byte header", header.len())));
     }
-    let dims: Vec<usize> = header[4..]
-        .chunks_exact(4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> = header[4..].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
 
     let data_len = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .filter(|&len| usize::try_from(len).is_ok())
-        .ok_or_else(|| {
-            DataError::implausible(
-                path,
-                format!("dimensions {dims:?} overflow the address space"),
-            )
-        })?;
+        .ok_or_else(|| DataError::implausible(path, format!("dimensions {dims:?} overflow the address space")))?;
     let claim = describe(&dims, data_len, header_len);
 
     if gzip {
@@ -184,10 +114,7 @@ fn read_idx(path: &Path, kind: Kind) -> Result<(Vec<usize>, Vec<u8>), DataError>
             ));
         }
     } else if file_bytes.saturating_sub(header_len as u64) < data_len {
-        return Err(DataError::truncated(
-            path,
-            format!("{claim} but the file holds {file_bytes} bytes"),
-        ));
+        return Err(DataError::truncated(path, format!("{claim} but the file holds {file_bytes} bytes")));
     }
 
     check_fits(path, data_len as f64, || claim.clone())?;
@@ -195,19 +122,10 @@ fn read_idx(path: &Path, kind: Kind) -> Result<(Vec<usize>, Vec<u8>), DataError>
     let data = read_at_most(&mut reader, data_len.saturating_add(1), path)?;
     let found = data.len() as u64;
     if found < data_len {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "{claim} but the file {holds} {} bytes",
-                header_len as u64 + found
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("{claim} but the file {holds} {} bytes", header_len as u64 + found)));
     }
     if found > data_len {
-        return Err(DataError::malformed(
-            path,
-            format!("{claim} but the file {holds} more; is this the right file?"),
-        ));
+        return Err(DataError::malformed(path, format!("{claim} but the file {holds} more; is this the right file?")));
     }
     Ok((dims, data))
 }
@@ -224,8 +142,8 @@ fn describe(dims: &[usize], data_len: u64, header_len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::testdata::bundled;
     use crate::data::stats;
+    use crate::data::testdata::bundled;
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::fs;
@@ -252,11 +170,7 @@ mod tests {
     fn write_tiny(dir: &Path) -> (PathBuf, PathBuf) {
         let images = dir.join("t10k-images-idx3-ubyte");
         let labels = dir.join("t10k-labels-idx1-ubyte");
-        fs::write(
-            &images,
-            idx_bytes(0x803, &[3, 2, 2], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
-        )
-        .unwrap();
+        fs::write(&images, idx_bytes(0x803, &[3, 2, 2], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])).unwrap();
         fs::write(&labels, idx_bytes(0x801, &[3], &[7, 0, 9])).unwrap();
         (images, labels)
     }
@@ -268,18 +182,12 @@ mod tests {
     #[test]
     fn mnist_train_has_canonical_statistics() {
         let set = load(&bundled("mnist"), Split::Train).unwrap();
-        assert_eq!(
-            (set.n, set.channels, set.height, set.width),
-            (60000, 1, 28, 28)
-        );
+        assert_eq!((set.n, set.channels, set.height, set.width), (60000, 1, 28, 28));
         assert_eq!(set.num_classes, 10);
         let (mean, std) = stats::pixel_mean_std(&set);
         assert!((mean - 0.13066).abs() < 1e-4, "mean {mean}");
         assert!((std - 0.30811).abs() < 1e-4, "std {std}");
-        assert_eq!(
-            stats::class_counts(&set),
-            [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-        );
+        assert_eq!(stats::class_counts(&set), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
     }
 
     #[test]
@@ -371,12 +279,7 @@ mod tests {
         // The labels file where the images should be.
         fs::copy(&labels, &images).unwrap();
         let msg = err_of(tmp.path());
-        assert!(
-            msg.contains(
-                "t10k-images-idx3-ubyte: bad magic number 0x00000801, expected 0x00000803"
-            ),
-            "{msg}"
-        );
+        assert!(msg.contains("t10k-images-idx3-ubyte: bad magic number 0x00000801, expected 0x00000803"), "{msg}");
     }
 
     #[test]
@@ -386,12 +289,7 @@ mod tests {
         fs::write(&images, idx_bytes(0x803, &[6, 1, 1], &[0; 6])).unwrap();
         fs::write(&labels, idx_bytes(0x801, &[6], &[0, 1, 2, 3, 4, 11])).unwrap();
         let msg = err_of(tmp.path());
-        assert!(
-            msg.contains(
-                "t10k-labels-idx1-ubyte: label 11 at index 5 is out of range for 10 classes"
-            ),
-            "{msg}"
-        );
+        assert!(msg.contains("t10k-labels-idx1-ubyte: label 11 at index 5 is out of range for 10 classes"), "{msg}");
     }
 
     #[test]
@@ -400,10 +298,7 @@ mod tests {
         let (_, labels) = write_tiny(tmp.path());
         fs::write(&labels, idx_bytes(0x801, &[2], &[1, 2])).unwrap();
         let msg = err_of(tmp.path());
-        assert!(
-            msg.contains("holds 3 images") && msg.contains("holds 2 labels"),
-            "{msg}"
-        );
+        assert!(msg.contains("holds 3 images") && msg.contains("holds 2 labels"), "{msg}");
     }
 
     #[test]
@@ -415,34 +310,17 @@ mod tests {
         // 2^31 images of 28x28 in a 100-byte file.
         fs::write(&images, idx_bytes(0x803, &[1 << 31, 28, 28], &[0; 84])).unwrap();
         let msg = err_of(tmp.path());
-        assert!(
-            msg.contains("t10k-images-idx3-ubyte: truncated: header says 2147483648 images"),
-            "{msg}"
-        );
+        assert!(msg.contains("t10k-images-idx3-ubyte: truncated: header says 2147483648 images"), "{msg}");
 
         // The same claim, gzip-compressed.
-        fs::write(
-            &images,
-            gzip(&idx_bytes(0x803, &[1 << 31, 28, 28], &[0; 84])),
-        )
-        .unwrap();
+        fs::write(&images, gzip(&idx_bytes(0x803, &[1 << 31, 28, 28], &[0; 84]))).unwrap();
         let msg = err_of(tmp.path());
-        assert!(
-            msg.contains("t10k-images-idx3-ubyte: implausible header"),
-            "{msg}"
-        );
+        assert!(msg.contains("t10k-images-idx3-ubyte: implausible header"), "{msg}");
 
         // Dimensions whose product overflows.
-        fs::write(
-            &images,
-            idx_bytes(0x803, &[u32::MAX, u32::MAX, u32::MAX], &[]),
-        )
-        .unwrap();
+        fs::write(&images, idx_bytes(0x803, &[u32::MAX, u32::MAX, u32::MAX], &[])).unwrap();
         let msg = err_of(tmp.path());
-        assert!(
-            msg.contains("t10k-images-idx3-ubyte: implausible header"),
-            "{msg}"
-        );
+        assert!(msg.contains("t10k-images-idx3-ubyte: implausible header"), "{msg}");
 
         assert!(start.elapsed().as_secs() < 2);
     }

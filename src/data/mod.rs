@@ -100,11 +100,7 @@ impl FromStr for Split {
         match s {
             "train" => Ok(Split::Train),
             "test" => Ok(Split::Test),
-            _ => Err(DataError::UnknownName {
-                what: "split",
-                found: s.to_string(),
-                expected: "train, test",
-            }),
+            _ => Err(DataError::UnknownName { what: "split", found: s.to_string(), expected: "train, test" }),
         }
     }
 }
@@ -121,13 +117,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 5] = [
-        Format::Idx,
-        Format::Cifar10,
-        Format::Cifar100,
-        Format::Svhn,
-        Format::Folder,
-    ];
+    pub const ALL: [Format; 5] = [Format::Idx, Format::Cifar10, Format::Cifar100, Format::Svhn, Format::Folder];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -170,14 +160,11 @@ impl FromStr for Format {
     type Err = DataError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Format::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| DataError::UnknownName {
-                what: "dataset format",
-                found: s.to_string(),
-                expected: "idx, cifar10, cifar100, svhn, folder",
-            })
+        Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| DataError::UnknownName {
+            what: "dataset format",
+            found: s.to_string(),
+            expected: "idx, cifar10, cifar100, svhn, folder",
+        })
     }
 }
 
@@ -205,25 +192,13 @@ pub fn detect_format(dir: &Path) -> Result<Format, DataError> {
     if folder::looks_like(dir) {
         return Ok(Format::Folder);
     }
-    let expected = Format::ALL
-        .iter()
-        .map(|f| format!("  {}: {}", f.name(), f.expected_layout()))
-        .collect::<Vec<_>>()
-        .join("\n");
-    Err(DataError::UnknownLayout {
-        dir: dir.to_path_buf(),
-        expected,
-    })
+    let expected = Format::ALL.iter().map(|f| format!("  {}: {}", f.name(), f.expected_layout())).collect::<Vec<_>>().join("\n");
+    Err(DataError::UnknownLayout { dir: dir.to_path_buf(), expected })
 }
 
 /// Reads one split of the dataset in `dir`. `folder_opts` only matters for [`Format::Folder`]:
 /// the other formats have a fixed size and channel count.
-pub fn load(
-    dir: &Path,
-    format: Format,
-    split: Split,
-    folder_opts: FolderOptions,
-) -> Result<ImageSet, DataError> {
+pub fn load(dir: &Path, format: Format, split: Split, folder_opts: FolderOptions) -> Result<ImageSet, DataError> {
     match format {
         Format::Idx => idx::load(dir, split),
         Format::Cifar10 => cifar::load_cifar10(dir, split),
@@ -266,23 +241,11 @@ fn read_at_most(reader: impl Read, limit: u64, path: &Path) -> Result<Vec<u8>, D
     let mut out = Vec::new();
     match reader.take(limit).read_to_end(&mut out) {
         Ok(_) => Ok(out),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(DataError::truncated(
-            path,
-            format!(
-                "the compressed stream ends early, after {} bytes ({e})",
-                out.len()
-            ),
-        )),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
-            ) =>
-        {
-            Err(DataError::malformed(
-                path,
-                format!("corrupt compressed data: {e}"),
-            ))
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(DataError::truncated(path, format!("the compressed stream ends early, after {} bytes ({e})", out.len())))
+        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput) => {
+            Err(DataError::malformed(path, format!("corrupt compressed data: {e}")))
         }
         Err(e) => Err(DataError::io(path, e)),
     }
@@ -295,9 +258,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
 }
 
 fn file_len(path: &Path) -> Result<u64, DataError> {
-    fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|e| DataError::io(path, e))
+    fs::metadata(path).map(|m| m.len()).map_err(|e| DataError::io(path, e))
 }
 
 /// The first of `names` that exists in `dir`.
@@ -306,10 +267,7 @@ fn find_file(dir: &Path, names: &[&str]) -> Result<PathBuf, DataError> {
         .iter()
         .map(|name| dir.join(name))
         .find(|path| path.is_file())
-        .ok_or_else(|| DataError::MissingFile {
-            dir: dir.to_path_buf(),
-            expected: names.iter().map(|s| s.to_string()).collect(),
-        })
+        .ok_or_else(|| DataError::MissingFile { dir: dir.to_path_buf(), expected: names.iter().map(|s| s.to_string()).collect() })
 }
 
 /// Where the readers' tests find the bundled data sets and the committed fixtures.
@@ -337,10 +295,7 @@ mod tests {
     fn detects_each_format() {
         assert_eq!(detect_format(&bundled("mnist")).unwrap(), Format::Idx);
         assert_eq!(detect_format(&fixture("cifar10")).unwrap(), Format::Cifar10);
-        assert_eq!(
-            detect_format(&fixture("cifar100")).unwrap(),
-            Format::Cifar100
-        );
+        assert_eq!(detect_format(&fixture("cifar100")).unwrap(), Format::Cifar100);
 
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("test_32x32.mat"), b"").unwrap();
@@ -348,9 +303,7 @@ mod tests {
 
         let tmp = tempfile::tempdir().unwrap();
         fs::create_dir(tmp.path().join("cats")).unwrap();
-        image::RgbImage::new(4, 4)
-            .save(tmp.path().join("cats/a.png"))
-            .unwrap();
+        image::RgbImage::new(4, 4).save(tmp.path().join("cats/a.png")).unwrap();
         assert_eq!(detect_format(tmp.path()).unwrap(), Format::Folder);
     }
 
@@ -391,17 +344,8 @@ mod tests {
 
     #[test]
     fn load_dispatches() {
-        let set = load(
-            &fixture("cifar10"),
-            Format::Cifar10,
-            Split::Test,
-            FolderOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(
-            (set.n, set.channels, set.height, set.width),
-            (20, 3, 32, 32)
-        );
+        let set = load(&fixture("cifar10"), Format::Cifar10, Split::Test, FolderOptions::default()).unwrap();
+        assert_eq!((set.n, set.channels, set.height, set.width), (20, 3, 32, 32));
         assert_eq!(set.image(19).len(), set.image_len());
     }
 

@@ -1,9 +1,11 @@
 //! Which images of the configured dataset a run sees: one split read with the `data.*`
 //! settings, and the training images left after the seeded validation split. Training,
 //! evaluation, the benchmark and import all take their images from here.
-use super::{download, loader, FolderOptions, Format, ImageSet, Split};
+#[cfg(feature = "torch")]
+use super::download;
+use super::{loader, FolderOptions, Format, ImageSet, Split};
 use crate::config::{Config, DataFormat};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// The validation split is drawn with a fixed seed, so runs with different training seeds are
 /// selected on the same held-out images.
@@ -12,9 +14,10 @@ pub const SPLIT_SEED: u64 = 0x5ADA_7E11;
 /// Reads one split of the configured dataset.
 pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
     let d = &cfg.data;
+    #[cfg(feature = "torch")]
     if !d.dir.exists() {
         if let Some(fetch) = download::fetch_command(&d.dir, named_format(d.format)) {
-            bail!("data.dir = {}: no such directory; `{fetch}` fetches it", d.dir.display());
+            anyhow::bail!("data.dir = {}: no such directory; `{fetch}` fetches it", d.dir.display());
         }
     }
     let format = match named_format(d.format) {
@@ -22,15 +25,13 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<ImageSet> {
         None => super::detect_format(&d.dir)?,
     };
     let opts = FolderOptions { channels: d.channels, size: d.image_size };
-    let mut set = super::load(&d.dir, format, split, opts)
-        .with_context(|| format!("reading the {split} split of data.dir = {}", d.dir.display()))?;
+    let mut set = super::load(&d.dir, format, split, opts).with_context(|| format!("reading the {split} split of data.dir = {}", d.dir.display()))?;
     set.keep_first(match split {
         Split::Train => d.max_train,
         Split::Test => d.max_test,
     });
     Ok(set)
 }
-
 
 /// The reader `data.format` names (None: `auto`, detected from the files).
 pub fn named_format(format: DataFormat) -> Option<Format> {

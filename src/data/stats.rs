@@ -98,22 +98,10 @@ pub fn summary(set: &ImageSet) -> Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} images of {}x{}x{} (CxHxW), {} classes",
-            self.n, self.channels, self.height, self.width, self.num_classes
-        )?;
-        writeln!(
-            f,
-            "pixel mean {:.5}, std {:.5} (in [0, 1])",
-            self.mean, self.std
-        )?;
+        writeln!(f, "{} images of {}x{}x{} (CxHxW), {} classes", self.n, self.channels, self.height, self.width, self.num_classes)?;
+        writeln!(f, "pixel mean {:.5}, std {:.5} (in [0, 1])", self.mean, self.std)?;
         if self.channel_mean_std.len() > 1 {
-            let per_channel: Vec<String> = self
-                .channel_mean_std
-                .iter()
-                .map(|(m, s)| format!("{m:.5}/{s:.5}"))
-                .collect();
+            let per_channel: Vec<String> = self.channel_mean_std.iter().map(|(m, s)| format!("{m:.5}/{s:.5}")).collect();
             writeln!(f, "per-channel mean/std: {}", per_channel.join(", "))?;
         }
         let counts: Vec<String> = self.class_counts.iter().map(|c| c.to_string()).collect();
@@ -127,15 +115,7 @@ mod tests {
 
     fn tiny() -> ImageSet {
         // Two 2-channel 1x2 images: channel 0 holds 0 and 255, channel 1 always 51.
-        ImageSet {
-            images: vec![0, 255, 51, 51, 255, 0, 51, 51],
-            n: 2,
-            channels: 2,
-            height: 1,
-            width: 2,
-            labels: vec![1, 1],
-            num_classes: 3,
-        }
+        ImageSet { images: vec![0, 255, 51, 51, 255, 0, 51, 51], n: 2, channels: 2, height: 1, width: 2, labels: vec![1, 1], num_classes: 3 }
     }
 
     #[test]
@@ -167,10 +147,7 @@ mod tests {
     #[test]
     fn summary_prints_shape_and_counts() {
         let text = summary(&tiny()).to_string();
-        assert!(
-            text.contains("2 images of 2x1x2 (CxHxW), 3 classes"),
-            "{text}"
-        );
+        assert!(text.contains("2 images of 2x1x2 (CxHxW), 3 classes"), "{text}");
         assert!(text.contains("images per class: [0, 2, 0]"), "{text}");
     }
 }

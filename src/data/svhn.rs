@@ -11,10 +11,7 @@ use std::path::Path;
 
 use flate2::read::ZlibDecoder;
 
-use super::{
-    check_fits, find_file, inflated_size_possible, read_at_most, read_file, DataError, ImageSet,
-    Split, MAX_INFLATION,
-};
+use super::{check_fits, find_file, inflated_size_possible, read_at_most, read_file, DataError, ImageSet, Split, MAX_INFLATION};
 
 const NUM_CLASSES: usize = 10;
 const SIDE: usize = 32;
@@ -50,9 +47,7 @@ fn file_name(split: Split) -> &'static str {
 }
 
 pub(crate) fn looks_like(dir: &Path) -> bool {
-    [Split::Train, Split::Test]
-        .into_iter()
-        .any(|split| dir.join(file_name(split)).is_file())
+    [Split::Train, Split::Test].into_iter().any(|split| dir.join(file_name(split)).is_file())
 }
 
 /// Reads one split of SVHN: 3x32x32, 10 classes, digit 0 labelled 0.
@@ -91,13 +86,7 @@ enum Endian {
 /// Checks the header; returns the byte order the rest of the file is written in.
 fn read_header(path: &Path, bytes: &[u8]) -> Result<Endian, DataError> {
     if bytes.len() < HEADER_LEN {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "the file holds {} bytes, fewer than the {HEADER_LEN}-byte MAT-file header",
-                bytes.len()
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("the file holds {} bytes, fewer than the {HEADER_LEN}-byte MAT-file header", bytes.len())));
     }
     // The writer stores the u16 'M'<<8|'I', so its byte order shows in how it reads back.
     let endian = match &bytes[126..128] {
@@ -124,10 +113,7 @@ fn read_header(path: &Path, bytes: &[u8]) -> Result<Endian, DataError> {
             "a MATLAB v7.3 (HDF5) MAT-file; only level-5 files (MATLAB -v7 and older, \
              as SVHN is distributed) are supported; re-save with save(..., '-v7')",
         )),
-        v => Err(DataError::malformed(
-            path,
-            format!("MAT-file version {v:#06x}, expected 0x0100 (level 5)"),
-        )),
+        v => Err(DataError::malformed(path, format!("MAT-file version {v:#06x}, expected 0x0100 (level 5)"))),
     }
 }
 
@@ -148,10 +134,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.bytes.len())?;
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len())?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Some(out)
@@ -183,12 +166,7 @@ fn next_element<'a>(cur: &mut Cursor<'a>, path: &Path) -> Result<Option<Element<
         return Ok(None);
     }
     let start = cur.pos;
-    let cut_short = |what: &str| {
-        DataError::truncated(
-            path,
-            format!("the file ends inside the {what} at byte {start}"),
-        )
-    };
+    let cut_short = |what: &str| DataError::truncated(path, format!("the file ends inside the {what} at byte {start}"));
     let first = cur.u32().ok_or_else(|| cut_short("tag of an element"))?;
 
     // Small element: byte count in the high half of the first word, data in the second word.
@@ -196,16 +174,10 @@ fn next_element<'a>(cur: &mut Cursor<'a>, path: &Path) -> Result<Option<Element<
         let kind = first & 0xffff;
         let len = (first >> 16) as usize;
         if len > 4 {
-            return Err(DataError::malformed(
-                path,
-                format!("small data element at byte {start} claims {len} bytes; at most 4 fit"),
-            ));
+            return Err(DataError::malformed(path, format!("small data element at byte {start} claims {len} bytes; at most 4 fit")));
         }
         let word = cur.take(4).ok_or_else(|| cut_short("small data element"))?;
-        return Ok(Some(Element {
-            kind,
-            data: &word[..len],
-        }));
+        return Ok(Some(Element { kind, data: &word[..len] }));
     }
 
     let kind = first;
@@ -231,21 +203,11 @@ fn next_element<'a>(cur: &mut Cursor<'a>, path: &Path) -> Result<Option<Element<
 
 /// Decompresses an `miCOMPRESSED` element; returns the data of the `miMATRIX` inside, or
 /// `None` when it holds something else.
-fn inflate_matrix(
-    compressed: &[u8],
-    endian: Endian,
-    path: &Path,
-) -> Result<Option<Vec<u8>>, DataError> {
+fn inflate_matrix(compressed: &[u8], endian: Endian, path: &Path) -> Result<Option<Vec<u8>>, DataError> {
     let mut decoder = ZlibDecoder::new(compressed);
     let tag = read_at_most(&mut decoder, 8, path)?;
     if tag.len() < 8 {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "a compressed element decompresses to {} bytes, fewer than a tag",
-                tag.len()
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("a compressed element decompresses to {} bytes, fewer than a tag", tag.len())));
     }
     let kind = u32_from(&tag[..4], endian);
     if kind != MI_MATRIX {
@@ -265,13 +227,7 @@ fn inflate_matrix(
     check_fits(path, len as f64, || format!("a compressed matrix of {len} bytes"))?;
     let data = read_at_most(&mut decoder, len, path)?;
     if (data.len() as u64) < len {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "a compressed matrix claims {len} bytes but decompresses to {}",
-                data.len()
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("a compressed matrix claims {len} bytes but decompresses to {}", data.len())));
     }
     Ok(Some(data))
 }
@@ -301,29 +257,17 @@ fn parse_matrix<'a>(data: &'a [u8], endian: Endian, path: &Path) -> Result<Matri
     let mut dims = Vec::new();
     for b in dims_el.data.chunks_exact(4) {
         let d = u32_from(b, endian) as i32;
-        let d =
-            usize::try_from(d).map_err(|_| bad(format!("a matrix has negative dimension {d}")))?;
+        let d = usize::try_from(d).map_err(|_| bad(format!("a matrix has negative dimension {d}")))?;
         dims.push(d);
     }
 
-    let name_el = next_element(&mut cur, path)?
-        .filter(|e| e.kind == MI_INT8 || e.kind == MI_UTF8)
-        .ok_or_else(|| bad("a matrix lacks its name".to_string()))?;
+    let name_el =
+        next_element(&mut cur, path)?.filter(|e| e.kind == MI_INT8 || e.kind == MI_UTF8).ok_or_else(|| bad("a matrix lacks its name".to_string()))?;
     let name = String::from_utf8_lossy(name_el.data).into_owned();
 
     let class = (flags & 0xff) as u8;
-    let real = if (MX_DOUBLE..=MX_UINT64).contains(&class) {
-        next_element(&mut cur, path)?
-    } else {
-        None
-    };
-    Ok(Matrix {
-        name,
-        class,
-        complex: flags & COMPLEX_FLAG != 0,
-        dims,
-        real,
-    })
+    let real = if (MX_DOUBLE..=MX_UINT64).contains(&class) { next_element(&mut cur, path)? } else { None };
+    Ok(Matrix { name, class, complex: flags & COMPLEX_FLAG != 0, dims, real })
 }
 
 /// What the variables `X` and `y` turned into, as they are met.
@@ -350,15 +294,8 @@ impl Found {
 
     fn into_image_set(self, path: &Path) -> Result<ImageSet, DataError> {
         let missing = |var: &str| {
-            let others = if self.other_names.is_empty() {
-                "none".to_string()
-            } else {
-                self.other_names.join(", ")
-            };
-            DataError::malformed(
-                path,
-                format!("no variable named '{var}' (other variables found: {others}); expected X (images) and y (labels)"),
-            )
+            let others = if self.other_names.is_empty() { "none".to_string() } else { self.other_names.join(", ") };
+            DataError::malformed(path, format!("no variable named '{var}' (other variables found: {others}); expected X (images) and y (labels)"))
         };
         let Some((images, n)) = self.images else {
             return Err(missing("X"));
@@ -367,29 +304,12 @@ impl Found {
             return Err(missing("y"));
         };
         if labels.len() != n {
-            return Err(DataError::malformed(
-                path,
-                format!(
-                    "X holds {n} images but y holds {} labels; they must agree",
-                    labels.len()
-                ),
-            ));
+            return Err(DataError::malformed(path, format!("X holds {n} images but y holds {} labels; they must agree", labels.len())));
         }
         if n == 0 {
-            return Err(DataError::Empty {
-                path: path.to_path_buf(),
-                detail: "X holds 0 images".to_string(),
-            });
+            return Err(DataError::Empty { path: path.to_path_buf(), detail: "X holds 0 images".to_string() });
         }
-        Ok(ImageSet {
-            images,
-            n,
-            channels: CHANNELS,
-            height: SIDE,
-            width: SIDE,
-            labels,
-            num_classes: NUM_CLASSES,
-        })
+        Ok(ImageSet { images, n, channels: CHANNELS, height: SIDE, width: SIDE, labels, num_classes: NUM_CLASSES })
     }
 }
 
@@ -397,53 +317,30 @@ impl Found {
 fn read_images(m: &Matrix, path: &Path) -> Result<(Vec<u8>, usize), DataError> {
     let bad = |detail: String| DataError::malformed(path, format!("variable X: {detail}"));
     if m.class != MX_UINT8 || m.complex {
-        return Err(bad(format!(
-            "expected real uint8 images, found array class {}{}",
-            m.class,
-            if m.complex { " (complex)" } else { "" }
-        )));
+        return Err(bad(format!("expected real uint8 images, found array class {}{}", m.class, if m.complex { " (complex)" } else { "" })));
     }
     // MATLAB drops trailing singleton dimensions, so a file of one image has only three.
     let n = match m.dims[..] {
         [SIDE, SIDE, CHANNELS, n] => n,
         [SIDE, SIDE, CHANNELS] => 1,
-        _ => {
-            return Err(bad(format!(
-                "dimensions {:?}, expected [32, 32, 3, N]",
-                m.dims
-            )))
-        }
+        _ => return Err(bad(format!("dimensions {:?}, expected [32, 32, 3, N]", m.dims))),
     };
     let data = match &m.real {
         Some(e) if e.kind == MI_UINT8 => e.data,
-        Some(e) => {
-            return Err(bad(format!(
-                "pixels stored as data type {}, expected miUINT8 (2)",
-                e.kind
-            )))
-        }
+        Some(e) => return Err(bad(format!("pixels stored as data type {}, expected miUINT8 (2)", e.kind))),
         None => return Err(bad("no pixel data".to_string())),
     };
     let image_len = SIDE * SIDE * CHANNELS;
     // `n` comes from the file, so the size is checked against the bytes really present before
     // anything of that size is allocated.
     if n.checked_mul(image_len) != Some(data.len()) {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "variable X: dimensions say {n} images of 32x32x3 but it holds {} bytes",
-                data.len()
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("variable X: dimensions say {n} images of 32x32x3 but it holds {} bytes", data.len())));
     }
 
     // MATLAB stores column-major: element (h, w, c, i) sits at h + 32 w + 1024 c + 3072 i.
     // We want row-major [i, c, h, w], so each 32x32 plane is transposed.
     let mut out = vec![0u8; data.len()];
-    for (src, dst) in data
-        .chunks_exact(SIDE * SIDE)
-        .zip(out.chunks_exact_mut(SIDE * SIDE))
-    {
+    for (src, dst) in data.chunks_exact(SIDE * SIDE).zip(out.chunks_exact_mut(SIDE * SIDE)) {
         for w in 0..SIDE {
             for h in 0..SIDE {
                 dst[h * SIDE + w] = src[w * SIDE + h];
@@ -458,51 +355,26 @@ fn read_labels(m: &Matrix, endian: Endian, path: &Path) -> Result<Vec<i64>, Data
     let bad = |detail: String| DataError::malformed(path, format!("variable y: {detail}"));
     let real = match &m.real {
         Some(real) if !m.complex => real,
-        _ => {
-            return Err(bad(format!(
-                "expected real numeric labels, found array class {}",
-                m.class
-            )))
-        }
+        _ => return Err(bad(format!("expected real numeric labels, found array class {}", m.class))),
     };
     let n = match m.dims[..] {
         [n, 1] | [1, n] => n,
         _ => return Err(bad(format!("dimensions {:?}, expected [N, 1]", m.dims))),
     };
-    let values = numbers(real, endian).ok_or_else(|| {
-        bad(format!(
-            "data type {} with {} bytes is not a numeric array",
-            real.kind,
-            real.data.len()
-        ))
-    })?;
+    let values =
+        numbers(real, endian).ok_or_else(|| bad(format!("data type {} with {} bytes is not a numeric array", real.kind, real.data.len())))?;
     if values.len() != n {
-        return Err(DataError::truncated(
-            path,
-            format!(
-                "variable y: dimensions say {n} labels but it holds {}",
-                values.len()
-            ),
-        ));
+        return Err(DataError::truncated(path, format!("variable y: dimensions say {n} labels but it holds {}", values.len())));
     }
     let mut labels = Vec::with_capacity(n);
     for (index, &v) in values.iter().enumerate() {
         if v.fract() != 0.0 || !v.is_finite() {
-            return Err(bad(format!(
-                "label {v} at index {index} is not a whole number"
-            )));
+            return Err(bad(format!("label {v} at index {index} is not a whole number")));
         }
         let label = match v as i64 {
             10 => 0,
             l @ 0..=9 => l,
-            l => {
-                return Err(DataError::LabelOutOfRange {
-                    path: path.to_path_buf(),
-                    label: l,
-                    index,
-                    num_classes: NUM_CLASSES,
-                })
-            }
+            l => return Err(DataError::LabelOutOfRange { path: path.to_path_buf(), label: l, index, num_classes: NUM_CLASSES }),
         };
         labels.push(label);
     }
@@ -655,11 +527,7 @@ mod tests {
         let y = mw.matrix("y", MX_DOUBLE, &[4, 1], MI_DOUBLE, &mw.doubles(&LABELS));
         let mut out = mw.header();
         for element in [x, y] {
-            out.extend(if compress {
-                mw.compressed(&element)
-            } else {
-                element
-            });
+            out.extend(if compress { mw.compressed(&element) } else { element });
         }
         out
     }
@@ -679,11 +547,7 @@ mod tests {
                 for h in 0..32 {
                     for w in 0..32 {
                         let got = set.image(i)[c * 1024 + h * 32 + w];
-                        assert_eq!(
-                            got,
-                            pixel(h, w, c, i),
-                            "at (i, c, h, w) = ({i}, {c}, {h}, {w})"
-                        );
+                        assert_eq!(got, pixel(h, w, c, i), "at (i, c, h, w) = ({i}, {c}, {h}, {w})");
                     }
                 }
             }
@@ -712,9 +576,7 @@ mod tests {
     #[test]
     fn labels_in_a_narrower_type_and_other_variables_are_fine() {
         // MATLAB writes a double array of small whole numbers as miUINT8 to save space.
-        let mw = MatWriter {
-            endian: Endian::Little,
-        };
+        let mw = MatWriter { endian: Endian::Little };
         let mut bytes = mw.header();
         bytes.extend(mw.matrix("note", MX_DOUBLE, &[1, 1], MI_DOUBLE, &mw.doubles(&[1.5])));
         bytes.extend(mw.compressed(&mw.matrix("y", MX_DOUBLE, &[4, 1], MI_UINT8, &[10, 1, 9, 5])));
@@ -740,10 +602,7 @@ mod tests {
     #[test]
     fn wrong_headers_are_errors() {
         let (msg, path) = err_of(&[b'x'; 200]);
-        assert!(
-            msg.contains(&path) && msg.contains("not a MATLAB 5 MAT-file"),
-            "{msg}"
-        );
+        assert!(msg.contains(&path) && msg.contains("not a MATLAB 5 MAT-file"), "{msg}");
 
         let mut v73 = svhn_file(Endian::Little, false);
         v73[124] = 0x00;
@@ -754,9 +613,7 @@ mod tests {
 
     #[test]
     fn bad_variables_are_errors() {
-        let mw = MatWriter {
-            endian: Endian::Little,
-        };
+        let mw = MatWriter { endian: Endian::Little };
         let x = mw.matrix("X", MX_UINT8, &[32, 32, 3, 4], MI_UINT8, &x_bytes(4));
         let file = |parts: &[&[u8]]| {
             let mut out = mw.header();
@@ -766,45 +623,21 @@ mod tests {
             out
         };
 
-        let y = mw.matrix(
-            "y",
-            MX_DOUBLE,
-            &[4, 1],
-            MI_DOUBLE,
-            &mw.doubles(&[1.0, 2.0, 11.0, 3.0]),
-        );
+        let y = mw.matrix("y", MX_DOUBLE, &[4, 1], MI_DOUBLE, &mw.doubles(&[1.0, 2.0, 11.0, 3.0]));
         let (msg, path) = err_of(&file(&[&x, &y]));
-        assert!(
-            msg.contains(&format!("{path}: label 11 at index 2 is out of range")),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("{path}: label 11 at index 2 is out of range")), "{msg}");
 
-        let y = mw.matrix(
-            "y",
-            MX_DOUBLE,
-            &[3, 1],
-            MI_DOUBLE,
-            &mw.doubles(&[1.0, 2.0, 3.0]),
-        );
+        let y = mw.matrix("y", MX_DOUBLE, &[3, 1], MI_DOUBLE, &mw.doubles(&[1.0, 2.0, 3.0]));
         let (msg, path) = err_of(&file(&[&x, &y]));
-        assert!(
-            msg.contains(&path) && msg.contains("X holds 4 images but y holds 3 labels"),
-            "{msg}"
-        );
+        assert!(msg.contains(&path) && msg.contains("X holds 4 images but y holds 3 labels"), "{msg}");
 
         let y = mw.matrix("y", MX_DOUBLE, &[4, 1], MI_DOUBLE, &mw.doubles(&LABELS));
         let (msg, path) = err_of(&file(&[&y]));
-        assert!(
-            msg.contains(&path) && msg.contains("no variable named 'X'"),
-            "{msg}"
-        );
+        assert!(msg.contains(&path) && msg.contains("no variable named 'X'"), "{msg}");
 
         let grey = mw.matrix("X", MX_UINT8, &[28, 28, 1, 4], MI_UINT8, &[0; 28 * 28 * 4]);
         let (msg, path) = err_of(&file(&[&grey, &y]));
-        assert!(
-            msg.contains(&path) && msg.contains("[28, 28, 1, 4], expected [32, 32, 3, N]"),
-            "{msg}"
-        );
+        assert!(msg.contains(&path) && msg.contains("[28, 28, 1, 4], expected [32, 32, 3, N]"), "{msg}");
 
         // Dimensions promising more images than the data holds.
         let short = mw.matrix("X", MX_UINT8, &[32, 32, 3, 5], MI_UINT8, &x_bytes(4));
@@ -814,9 +647,7 @@ mod tests {
 
     #[test]
     fn absurd_sizes_fail_fast() {
-        let mw = MatWriter {
-            endian: Endian::Little,
-        };
+        let mw = MatWriter { endian: Endian::Little };
 
         // An element claiming 2 GiB in a small file.
         let mut bytes = mw.header();
@@ -824,10 +655,7 @@ mod tests {
         bytes.extend_from_slice(&mw.u32(1 << 31));
         bytes.extend_from_slice(&[0; 64]);
         let (msg, path) = err_of(&bytes);
-        assert!(
-            msg.contains(&format!("{path}: truncated")) && msg.contains("2147483648"),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("{path}: truncated")) && msg.contains("2147483648"), "{msg}");
 
         // A compressed element whose matrix claims 4 GiB.
         let mut inner = mw.u32(MI_MATRIX).to_vec();
@@ -835,20 +663,11 @@ mod tests {
         let mut bytes = mw.header();
         bytes.extend(mw.compressed(&inner));
         let (msg, path) = err_of(&bytes);
-        assert!(
-            msg.contains(&format!("{path}: implausible header")),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("{path}: implausible header")), "{msg}");
 
         // Dimensions whose product overflows.
         let y = mw.matrix("y", MX_DOUBLE, &[4, 1], MI_DOUBLE, &mw.doubles(&LABELS));
-        let x = mw.matrix(
-            "X",
-            MX_UINT8,
-            &[32, 32, 3, 0x7fff_ffff],
-            MI_UINT8,
-            &x_bytes(1),
-        );
+        let x = mw.matrix("X", MX_UINT8, &[32, 32, 3, 0x7fff_ffff], MI_UINT8, &x_bytes(1));
         let mut bytes = mw.header();
         bytes.extend(x);
         bytes.extend(y);
@@ -885,10 +704,7 @@ mod tests {
     fn missing_file_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let msg = load(tmp.path(), Split::Train).unwrap_err().to_string();
-        assert!(
-            msg.contains("no such file; expected train_32x32.mat in"),
-            "{msg}"
-        );
+        assert!(msg.contains("no such file; expected train_32x32.mat in"), "{msg}");
     }
 
     /// 100 MB of zeros compress to ~100 kB; a matrix of them is refused before it is inflated

@@ -122,9 +122,7 @@ fn purify_steps(lse: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, steps: usize, step_
     for _ in 0..steps {
         let input = if differentiable && x.requires_grad() { x.shallow_clone() } else { x.detach().set_requires_grad(true) };
         let energy = lse(&input).sum(Kind::Float);
-        let g = Tensor::run_backward(&[energy], &[&input], differentiable, differentiable)
-            .pop()
-            .expect("one input gradient");
+        let g = Tensor::run_backward(&[energy], &[&input], differentiable, differentiable).pop().expect("one input gradient");
         let next = &input + g * step_size;
         let next = if noise > 0.0 { &next + next.randn_like() * noise } else { next };
         x = if differentiable { next } else { next.detach() };

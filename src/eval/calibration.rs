@@ -1,17 +1,13 @@
 //! Calibration: expected calibration error over equal-width confidence bins (Guo et al. 2017),
-//! and the per-bin numbers a reliability diagram draws.
+//! and the per-bin numbers a reliability diagram draws; `eval`'s calibration driver.
+use super::evaluate::{to_vec, Evaluation};
+use crate::records::eval::{CalibrationRecord, CalibrationSettings};
+use crate::report::plots;
+use anyhow::Result;
+use tch::Kind;
 
-/// One equal-width confidence bin `(lower, upper]`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Bin {
-    pub lower: f64,
-    pub upper: f64,
-    pub count: usize,
-    /// Mean confidence of the predictions in the bin (0 when empty).
-    pub confidence: f64,
-    /// Their accuracy (0 when empty).
-    pub accuracy: f64,
-}
+/// One equal-width confidence bin `(lower, upper]`: the calibration record's type.
+pub use crate::records::eval::Bin;
 
 /// Splits predictions by confidence into `n_bins` bins `(i/n, (i+1)/n]`; a confidence of exactly
 /// 0 goes to the first bin.
@@ -58,6 +54,29 @@ pub fn ece(bins: &[Bin]) -> f64 {
     bins.iter().map(|b| b.count as f64 / total as f64 * (b.accuracy - b.confidence).abs()).sum()
 }
 
+impl Evaluation<'_> {
+    /// The ECE of the test predictions and their reliability diagram.
+    pub(super) fn calibration(&self) -> Result<(CalibrationRecord, String)> {
+        let probs = self.test_logits().softmax(1, Kind::Double);
+        let (conf, pred) = probs.max_dim(1, false);
+        let correct: Vec<bool> = Vec::<i64>::try_from(pred)?.iter().zip(&self.test.labels).map(|(p, l)| p == l).collect();
+        let bins = bins(&to_vec(&conf), &correct, self.cfg.eval.ece_bins);
+        let ece = ece(&bins);
+        let plot = self.out.join("reliability.png");
+        let title = format!("Reliability diagram, {} test images", self.test.n);
+        plots::reliability_diagram(&bins, ece, &title, &plot)?;
+        let record = CalibrationRecord {
+            ece,
+            protocol: format!("{} equal-width confidence bins (lower, upper], confidence = max softmax", bins.len()),
+            bins,
+            n: self.test.n,
+            settings: CalibrationSettings { ece_bins: self.cfg.eval.ece_bins },
+            plots: vec!["reliability.png".into()],
+        };
+        Ok((record, format!("ECE {:.2}%", 100.0 * ece)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,4 +117,15 @@ mod tests {
         assert!(close(got, want, 1e-6), "{got} vs {want}");
     }
 
+    #[test]
+    fn the_driver_writes_bins_and_the_diagram() {
+        let cfg = crate::eval::evaluate::tiny::config();
+        let dir = tempfile::tempdir().unwrap();
+        let ev = crate::eval::evaluate::tiny::evaluation(&cfg, dir.path(), 20);
+        let (r, _) = ev.calibration().unwrap();
+        assert_eq!(r.bins.len(), cfg.eval.ece_bins);
+        assert_eq!(r.bins.iter().map(|b| b.count).sum::<usize>(), 20);
+        assert!((0.0..=1.0).contains(&r.ece), "{r:?}");
+        assert!(image::open(ev.out.join("reliability.png")).is_ok());
+    }
 }

@@ -44,9 +44,7 @@ pub fn find_inception(set: &Path) -> Result<PathBuf> {
 /// A progress bar for `len` items (hidden when stderr is not a terminal).
 pub fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} ({eta})").expect("valid template").progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} ({eta})").expect("valid template").progress_chars("=> "));
     bar.set_prefix(what.to_string());
     bar
 }
@@ -113,7 +111,15 @@ pub fn first_images(sets: &[&ImageSet], n: usize) -> Tensor {
 
 /// Statistics of the first `n` images of `sets`, from `cache_dir` when an earlier call saw the
 /// same pixels with the same network and KID setting, else computed and cached.
-pub fn dataset_stats(net: &Inception, network: &Path, sets: &[&ImageSet], n: usize, kid_subset_size: usize, cache_dir: &Path, what: &str) -> Result<(Stats, PathBuf)> {
+pub fn dataset_stats(
+    net: &Inception,
+    network: &Path,
+    sets: &[&ImageSet],
+    n: usize,
+    kid_subset_size: usize,
+    cache_dir: &Path,
+    what: &str,
+) -> Result<(Stats, PathBuf)> {
     // FNV-1a over the settings and every pixel used: a changed file or setting is a new entry.
     let mut hash = Fnv::new();
     let name = network.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned());
@@ -193,9 +199,8 @@ impl std::str::FromStr for ImageSpec {
     fn from_str(s: &str) -> Result<Self> {
         use crate::data::Split;
         let parts: Vec<&str> = s.split(':').collect();
-        let count = |t: &str| -> Result<usize> {
-            t.parse().ok().filter(|&n| n >= 2).with_context(|| format!("`{s}`: `{t}` is not an image count ≥ 2"))
-        };
+        let count =
+            |t: &str| -> Result<usize> { t.parse().ok().filter(|&n| n >= 2).with_context(|| format!("`{s}`: `{t}` is not an image count ≥ 2")) };
         match parts.as_slice() {
             [kind @ ("uniform" | "gaussian"), n] => Ok(ImageSpec::Noise { kind: kind.to_string(), n: count(n)? }),
             [dir, rest @ ..] if rest.len() <= 2 => {

@@ -1,10 +1,19 @@
 //! Sample-quality scores over Inception features: Fréchet Inception Distance (Heusel et al.
 //! 2017), Kernel Inception Distance (Bińkowski et al. 2018) and Inception Score (Salimans et al.
-//! 2016). Everything here is float64 on the CPU.
+//! 2016). Everything here is float64 on the CPU. Also `eval`'s FID driver: the scores of the
+//! replay buffer's and of fresh chains' samples against the dataset's reference statistics.
+use super::evaluate::{to_vec, Evaluation};
+use super::feature_stats::{self, bar, Stats};
+use super::inception::Inception;
+use crate::data::{split, ImageSet, Split};
+use crate::records::eval::{FidNetwork, FidProtocol, FidRecord, FidReference, FidSettings};
+use anyhow::Result;
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tch::{Kind, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
 
 /// Mean [D] and unbiased covariance [D, D] (divisor N − 1, as `numpy.cov`) of features [N, D].
 pub fn stats(features: &Tensor) -> (Tensor, Tensor) {
@@ -54,9 +63,7 @@ fn kernel(a: &Tensor, b: &Tensor) -> Tensor {
 pub fn mmd2_unbiased(x: &Tensor, y: &Tensor) -> f64 {
     let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
     let (m, n) = (x.size()[0] as f64, y.size()[0] as f64);
-    let off_diagonal_mean = |k: Tensor, len: f64| {
-        (k.sum(Kind::Double).double_value(&[]) - k.trace().double_value(&[])) / (len * (len - 1.0))
-    };
+    let off_diagonal_mean = |k: Tensor, len: f64| (k.sum(Kind::Double).double_value(&[]) - k.trace().double_value(&[])) / (len * (len - 1.0));
     let kxx = off_diagonal_mean(kernel(&x, &x), m);
     let kyy = off_diagonal_mean(kernel(&y, &y), n);
     let kxy = kernel(&x, &y).sum(Kind::Double).double_value(&[]) / (m * n);
@@ -109,6 +116,188 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     let mean = v.iter().sum::<f64>() / v.len() as f64;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
     (mean, var.sqrt())
+}
+
+const PROTOCOL: &str = "FID = ||mu1-mu2||^2 + tr S1 + tr S2 - 2 tr (S1 S2)^1/2 on 2048-d pool3 features; KID = unbiased MMD^2, cubic kernel, mean over subsets; IS = exp E KL(p(y|x) || p(y)) over is_splits splits (eval.is_splits = 0: the reference's max(1, n / 5000)) of softmax(pool3 W) without the classifier's bias unless eval.is_bias (only with pytorch-fid's weights, which have the classifier)";
+
+/// The samples a protocol scores: named parts (`all`; or `fid` and `is`) and what they are.
+type Samples = (Vec<(&'static str, Tensor)>, String);
+
+impl Evaluation<'_> {
+    /// The Inception network's file (`eval.inception` or the usual places).
+    pub fn inception_path(&self) -> Result<PathBuf> {
+        feature_stats::find_inception(&self.cfg.eval.inception)
+    }
+
+    /// FID, KID and (with pytorch-fid's weights) IS of every protocol of `eval.fid_protocols`.
+    pub(super) fn fid(&self) -> Result<(FidRecord, String)> {
+        let e = &self.cfg.eval;
+        let path = self.inception_path()?;
+        let net = Inception::load(&path, self.device, e.fid_precision)?;
+        let (reference, reference_about) = self.fid_reference(&net, &path)?;
+        let mut protocols = BTreeMap::new();
+        let mut summary = vec![];
+        for protocol in &e.fid_protocols {
+            let result = match self.fid_samples(protocol)? {
+                Some(samples) => self.fid_protocol(protocol, samples, &net, &reference, &mut summary)?,
+                None => FidProtocol::skipped("the checkpoint has no replay buffer (a softmax run)"),
+            };
+            protocols.insert(protocol.clone(), result);
+        }
+        let record = FidRecord {
+            protocols,
+            reference: reference_about,
+            network: FidNetwork {
+                file: path.display().to_string(),
+                source: format!("{:?}", net.source()),
+                inception_score: net.has_logits(),
+                precision: format!("{:?}", net.precision()).to_lowercase(),
+            },
+            protocol: PROTOCOL.into(),
+            settings: FidSettings {
+                fid_protocols: e.fid_protocols.clone(),
+                fid_n: e.fid_n,
+                fid_buffer_n: e.fid_buffer_n,
+                fid_reference: e.fid_reference.clone(),
+                fid_reference_n: e.fid_reference_n,
+                kid_subsets: e.kid_subsets,
+                kid_subset_size: e.kid_subset_size,
+                is_splits: e.is_splits,
+                is_bias: e.is_bias,
+                chains: self.chain_settings(),
+                seed: e.seed,
+            },
+        };
+        Ok((record, summary.join(", ")))
+    }
+
+    /// The reference images' statistics (cached) and what they are.
+    fn fid_reference(&self, net: &Inception, path: &Path) -> Result<(Stats, FidReference)> {
+        let e = &self.cfg.eval;
+        let reference_sets = self.reference_sets()?;
+        let refs: Vec<&ImageSet> = reference_sets.iter().collect();
+        let total: usize = refs.iter().map(|s| s.n).sum();
+        let n_ref = match e.fid_reference_n {
+            0 => total,
+            n => n.min(total),
+        };
+        let cache = feature_stats::cache_dir(&e.cache_dir)?;
+        let (reference, cache_file) = feature_stats::dataset_stats(net, path, &refs, n_ref, e.kid_subset_size, &cache, "reference")?;
+        let about = FidReference {
+            dataset: self.cfg.data.dir.display().to_string(),
+            split: e.fid_reference.clone(),
+            n: n_ref,
+            cache: cache_file.display().to_string(),
+        };
+        Ok((reference, about))
+    }
+
+    /// The samples of `protocol`: `fresh` chains, or (any other name) the replay buffer's most
+    /// confident; None for the buffer of a checkpoint without one.
+    fn fid_samples(&self, protocol: &str) -> Result<Option<Samples>> {
+        let e = &self.cfg.eval;
+        if protocol == "fresh" {
+            let init = self.gen_init()?;
+            let progress = bar(e.fid_n, "chains");
+            let x = self.sample(&init, e.fid_n, None, &progress);
+            progress.finish_and_clear();
+            return Ok(Some((vec![("all", x)], format!("{} fresh chains, unfiltered", e.fid_n))));
+        }
+        let Some(buffer) = &self.buffer else { return Ok(None) };
+        let buffer = match e.fid_buffer_n {
+            0 => buffer.shallow_clone(),
+            n => buffer.narrow(0, 0, (n as i64).min(buffer.size()[0])),
+        };
+        let (fid_part, is_part) = self.most_confident(&buffer);
+        let about = format!(
+            "replay buffer of {}: per predicted class the most confident 90% ({}) for FID/KID and 10% ({}) for IS",
+            buffer.size()[0],
+            fid_part.size()[0],
+            is_part.size()[0]
+        );
+        Ok(Some((vec![("fid", fid_part), ("is", is_part)], about)))
+    }
+
+    /// Scores the parts of one protocol's samples: FID and KID of every part but `is`, IS of
+    /// every part but `fid`; an empty part is skipped with its reason.
+    fn fid_protocol(
+        &self,
+        protocol: &str,
+        (parts, about): Samples,
+        net: &Inception,
+        reference: &Stats,
+        summary: &mut Vec<String>,
+    ) -> Result<FidProtocol> {
+        let e = &self.cfg.eval;
+        let mut result = FidProtocol { about: Some(about), ..FidProtocol::default() };
+        for (part, x) in parts {
+            if x.size()[0] == 0 {
+                // A small buffer can leave no image in some class's top 10 % (int() rounds down).
+                result.skip_part(part, format!("no images to score: the buffer's {part} share is empty (raise eval.fid_buffer_n)"));
+                summary.push(format!("{protocol} {part}: skipped"));
+                continue;
+            }
+            let (pool, _) = feature_stats::features(net, &x, &format!("{protocol} {part}"))?;
+            if part != "is" {
+                // KID on all sample features against the reference's fixed share.
+                let (mu, cov) = stats(&pool);
+                let d = frechet_distance(&mu, &cov, &reference.mu, &reference.cov);
+                let (k, k_std) = kid(&pool, &reference.kid_features, e.kid_subsets, e.kid_subset_size, e.seed);
+                (result.n, result.fid, result.kid, result.kid_std) = (Some(x.size()[0] as usize), Some(d), Some(k), Some(k_std));
+                summary.push(format!("FID {d:.1} ({protocol})"));
+            }
+            if part != "fid" {
+                if let Some(l) = net.classifier_logits(&pool, e.is_bias) {
+                    let n = x.size()[0] as usize;
+                    let splits = match e.is_splits {
+                        0 => reference_is_splits(n),
+                        s => s.min(n),
+                    };
+                    let (is, is_std) = inception_score(&l, splits);
+                    (result.inception_score, result.inception_score_std, result.n_is, result.is_splits) =
+                        (Some(is), Some(is_std), Some(n), Some(splits));
+                    let logits = if e.is_bias { "with the classifier's bias" } else { "without the classifier's bias (the reference's)" };
+                    result.is_logits = Some(logits.into());
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// The buffer's most confident 90 % and 10 % per predicted class (the reference's protocol).
+    fn most_confident(&self, buffer: &Tensor) -> (Tensor, Tensor) {
+        let batch = self.cfg.data.eval_batch_size as i64;
+        let n = buffer.size()[0];
+        let probs: Vec<Tensor> = (0..n)
+            .step_by(batch as usize)
+            .map(|s| tch::no_grad(|| self.classify(&buffer.narrow(0, s, batch.min(n - s)))).softmax(1, Kind::Float).to_device(Device::Cpu))
+            .collect();
+        let (conf, pred) = Tensor::cat(&probs, 0).max_dim(1, false);
+        let (conf, pred) = (to_vec(&conf), Vec::<i64>::try_from(pred).expect("labels"));
+        let (mut top90, mut top10) = (vec![], vec![]);
+        for c in 0..self.test.num_classes as i64 {
+            let mut members: Vec<usize> = (0..n as usize).filter(|&i| pred[i] == c).collect();
+            members.sort_by(|&a, &b| conf[b].total_cmp(&conf[a]));
+            // int(len · ratio), rounded down, as the reference (Task/eval_buffer.py line 41).
+            let keep = |share: f64| ((members.len() as f64 * share) as usize).min(members.len());
+            top90.extend(members[..keep(0.9)].iter().map(|&i| i as i64));
+            top10.extend(members[..keep(0.1)].iter().map(|&i| i as i64));
+        }
+        let pick = |idx: &[i64]| buffer.index_select(0, &Tensor::from_slice(idx));
+        (pick(&top90), pick(&top10))
+    }
+
+    /// The whole splits `eval.fid_reference` names (ignoring `data.max_*`).
+    fn reference_sets(&self) -> Result<Vec<ImageSet>> {
+        let splits: &[Split] = match self.cfg.eval.fid_reference.as_str() {
+            "train" => &[Split::Train],
+            "test" => &[Split::Test],
+            _ => &[Split::Train, Split::Test],
+        };
+        let mut cfg = self.cfg.clone();
+        (cfg.data.max_train, cfg.data.max_test) = (0, 0);
+        splits.iter().map(|&split| split::load_split(&cfg, split)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -201,4 +390,22 @@ mod tests {
         assert!(close(std, r["std"].as_f64().unwrap(), 1e-6), "IS std {std} vs {}", r["std"]);
     }
 
+    #[test]
+    fn most_confident_keeps_the_top_90_and_10_percent_of_each_predicted_class() {
+        let cfg = crate::eval::evaluate::tiny::config();
+        let dir = tempfile::tempdir().unwrap();
+        let mut ev = crate::eval::evaluate::tiny::evaluation(&cfg, dir.path(), 20);
+        let buffer = Tensor::rand([40, 1, 8, 8], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
+        let pred = Vec::<i64>::try_from(ev.classify(&buffer).argmax(1, false)).unwrap();
+        let per_class: Vec<usize> = (0..3).map(|c| pred.iter().filter(|&&p| p == c).count()).collect();
+        let (top90, top10) = ev.most_confident(&buffer);
+        assert_eq!(top90.size()[0] as usize, per_class.iter().map(|&k| (k as f64 * 0.9) as usize).sum::<usize>());
+        assert_eq!(top10.size()[0] as usize, per_class.iter().map(|&k| (k as f64 * 0.1) as usize).sum::<usize>());
+        // No buffer: the buffer protocol has no samples (and is skipped), without touching FID.
+        assert!(ev.fid_samples("buffer").unwrap().is_none());
+        ev.buffer = Some(buffer);
+        let (parts, about) = ev.fid_samples("buffer").unwrap().unwrap();
+        assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), ["fid", "is"]);
+        assert!(about.starts_with("replay buffer of 40: "), "{about}");
+    }
 }

@@ -68,8 +68,7 @@ impl Inception {
         let kind = pickle::file_kind(path).with_context(|| format!("loading the Inception network: {expected}"))?;
         let net = match kind {
             FileKind::TorchScript => {
-                let mut module = tch::CModule::load_on_device(path, device)
-                    .with_context(|| format!("loading the TorchScript Inception {origin}"))?;
+                let mut module = tch::CModule::load_on_device(path, device).with_context(|| format!("loading the TorchScript Inception {origin}"))?;
                 module.set_eval();
                 Net::Script(module)
             }
@@ -134,9 +133,7 @@ impl Inception {
                     // its blocked kernels without a reorder per layer.
                     let scaled = tf_scale(&input);
                     let scaled = if bf16 { crate::shim::channels_last(&scaled.to_kind(Kind::BFloat16)) } else { scaled };
-                    let pool = module
-                        .forward_ts(&[scaled])
-                        .with_context(|| format!("running the TorchScript Inception {}", self.origin))?;
+                    let pool = module.forward_ts(&[scaled]).with_context(|| format!("running the TorchScript Inception {}", self.origin))?;
                     if pool.size() != [size[0], FEATURE_DIM] {
                         let (got, n) = (pool.size(), size[0]);
                         bail!("{} returned a tensor of size {got:?}, expected [{n}, {FEATURE_DIM}]", self.origin);
@@ -303,14 +300,7 @@ impl BlockB {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        Tensor::cat(
-            &[
-                self.branch3x3.forward(x),
-                chain(x, &[&self.branch3x3dbl_1, &self.branch3x3dbl_2, &self.branch3x3dbl_3]),
-                max_pool(x, 2, 0),
-            ],
-            1,
-        )
+        Tensor::cat(&[self.branch3x3.forward(x), chain(x, &[&self.branch3x3dbl_1, &self.branch3x3dbl_2, &self.branch3x3dbl_3]), max_pool(x, 2, 0)], 1)
     }
 }
 
@@ -351,16 +341,7 @@ impl BlockC {
             &[
                 self.branch1x1.forward(x),
                 chain(x, &[&self.branch7x7_1, &self.branch7x7_2, &self.branch7x7_3]),
-                chain(
-                    x,
-                    &[
-                        &self.branch7x7dbl_1,
-                        &self.branch7x7dbl_2,
-                        &self.branch7x7dbl_3,
-                        &self.branch7x7dbl_4,
-                        &self.branch7x7dbl_5,
-                    ],
-                ),
+                chain(x, &[&self.branch7x7dbl_1, &self.branch7x7dbl_2, &self.branch7x7dbl_3, &self.branch7x7dbl_4, &self.branch7x7dbl_5]),
                 self.branch_pool.forward(&avg_pool_tf(x)),
             ],
             1,
@@ -580,9 +561,8 @@ mod tests {
 
     /// The shared weight file, or None (and a note on stderr) where this machine lacks it.
     fn weights(env: &str, file: &str) -> Option<PathBuf> {
-        let path = std::env::var_os(env)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/weights").join(file));
+        let path =
+            std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/weights").join(file));
         if path.is_file() {
             Some(path)
         } else {
@@ -612,10 +592,8 @@ mod tests {
     /// batch norm's `beta`, `mean`, `var` (no scale: γ = 1).
     fn pytorch_fid_name(ts: &str) -> Option<String> {
         const STEM: [&str; 5] = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"];
-        const BLOCKS: [&str; 11] = [
-            "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a",
-            "Mixed_7b", "Mixed_7c",
-        ];
+        const BLOCKS: [&str; 11] =
+            ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"];
         // TensorFlow numbers repeated layers conv, conv_1, conv_2, …
         let index = |s: &str| -> Option<usize> {
             if s == "conv" {

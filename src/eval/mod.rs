@@ -1,13 +1,17 @@
-//! Evaluation. Metrics are pure functions over arrays; this module also holds the one helper
-//! that runs the network over a dataset, and [`inception`] the network FID, KID and IS read.
+//! Evaluation. Metrics are pure functions over arrays, each module beside the driver of
+//! `sadajem eval` that measures it on a model ([`evaluate`] loads the model and runs them); this
+//! module also holds the one helper that runs the network over a dataset, and [`inception`] the
+//! network FID, KID and IS read.
 pub mod accuracy;
 pub mod attack;
 pub mod calibration;
 pub mod evaluate;
 pub mod feature_stats;
 pub mod fid;
+pub mod generation;
 pub mod inception;
 pub mod ood;
+pub mod robustness;
 
 use crate::data::{augment, ImageSet};
 use crate::model::{Mode, Wrn};

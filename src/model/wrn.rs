@@ -49,17 +49,7 @@ impl BatchNorm {
             Mode::TrainFrozenStats => (None, None, true),
             Mode::Eval => (Some(&self.running_mean), Some(&self.running_var), false),
         };
-        Tensor::batch_norm(
-            x,
-            Some(&self.weight),
-            Some(&self.bias),
-            mean,
-            var,
-            training,
-            self.momentum,
-            1e-5,
-            false,
-        )
+        Tensor::batch_norm(x, Some(&self.weight), Some(&self.bias), mean, var, training, self.momentum, 1e-5, false)
     }
 }
 
@@ -184,9 +174,7 @@ impl Wrn {
         let x = if self.channels_last { shim::channels_last(x) } else { x.shallow_clone() };
         match self.precision {
             Precision::Fp32 | Precision::Auto => self.forward_from_stem(&self.stem(&x), mode),
-            Precision::Bf16 => {
-                engine::autocast_bf16(x.device(), || self.forward_from_stem(&self.stem(&x), mode)).to_kind(Kind::Float)
-            }
+            Precision::Bf16 => engine::autocast_bf16(x.device(), || self.forward_from_stem(&self.stem(&x), mode)).to_kind(Kind::Float),
         }
     }
 

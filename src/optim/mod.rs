@@ -97,11 +97,9 @@ impl Base {
                     let get = |prefix: &str| tensors.get(&format!("{prefix}{name}"));
                     *st = match (get(ADAM_M), get(ADAM_V), get(ADAM_STEP)) {
                         (None, None, None) => None,
-                        (Some(m), Some(v), Some(step)) => Some(adam::AdamState {
-                            step: step.int64_value(&[]) as u64,
-                            m: m.to_device(device),
-                            v: v.to_device(device),
-                        }),
+                        (Some(m), Some(v), Some(step)) => {
+                            Some(adam::AdamState { step: step.int64_value(&[]) as u64, m: m.to_device(device), v: v.to_device(device) })
+                        }
                         _ => bail!("the checkpoint holds only part of the Adam state of `{name}`"),
                     };
                 }
@@ -131,10 +129,7 @@ mod tests {
     }
 
     fn fresh_params() -> Vec<Tensor> {
-        vec![
-            Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true),
-            Tensor::from_slice(&[7.0f32]).set_requires_grad(true),
-        ]
+        vec![Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true), Tensor::from_slice(&[7.0f32]).set_requires_grad(true)]
     }
 
     /// Saving after 3 steps, restoring into a fresh optimiser and stepping twice more gives

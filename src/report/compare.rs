@@ -3,6 +3,7 @@
 //! radius — for reproductions such as scripts/reproduce.sh.
 use super::html;
 use super::plots::{self, Series};
+use crate::records::eval::RobustnessRecord;
 use crate::run::RunDir;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -26,10 +27,7 @@ pub fn table(runs: &[RunDir]) -> String {
     }
     let mut md = format!("| | {} |\n|---|{}\n", runs.iter().map(label).collect::<Vec<_>>().join(" | "), "---|".repeat(runs.len()));
     for name in names {
-        let cells: Vec<String> = summaries
-            .iter()
-            .map(|s| s.iter().find(|(k, _)| *k == name).map_or("–".to_string(), |(_, v)| v.clone()))
-            .collect();
+        let cells: Vec<String> = summaries.iter().map(|s| s.iter().find(|(k, _)| *k == name).map_or("–".to_string(), |(_, v)| v.clone())).collect();
         md += &format!("| {name} | {} |\n", cells.join(" | "));
     }
     md
@@ -40,13 +38,9 @@ pub fn robustness_plot(runs: &[RunDir], path: &Path) -> Result<()> {
     let curves: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
         .map(|run| {
-            let v = html::read_json(run, "eval/robustness.json").unwrap_or_default();
-            let points = v["norms"]["linf"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| Some((r["eps"].as_f64()?, r["accuracy"].as_f64()?)))
-                .collect();
+            let rob = html::read_record::<RobustnessRecord>(run, crate::run::Metric::Robustness).map(|r| r.values);
+            let linf = rob.and_then(|mut r| r.norms.remove("linf")).unwrap_or_default();
+            let points = linf.iter().filter(|p| p.accuracy.is_finite()).map(|p| (p.eps, p.accuracy)).collect();
             (label(run), points)
         })
         .collect();
@@ -66,15 +60,14 @@ pub fn write(runs: &[RunDir], out: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::eval::examples;
 
     fn run(dir: &Path, name: &str, acc: f64, eps8: Option<f64>) -> RunDir {
         let run = RunDir::create(&dir.join(name)).unwrap();
         std::fs::write(run.config(), "").unwrap();
-        std::fs::create_dir_all(run.root.join("eval")).unwrap();
-        std::fs::write(run.root.join("eval/accuracy.json"), format!(r#"{{"accuracy": {acc}}}"#)).unwrap();
+        examples::write(&run.root, &examples::accuracy(acc));
         if let Some(a) = eps8 {
-            let rob = format!(r#"{{"norms": {{"linf": [{{"eps": 0.0, "accuracy": {acc}}}, {{"eps": 8.0, "accuracy": {a}}}]}}}}"#);
-            std::fs::write(run.root.join("eval/robustness.json"), rob).unwrap();
+            examples::write(&run.root, &examples::robustness(&[(0.0, acc), (8.0, a)]));
         }
         run
     }

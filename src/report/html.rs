@@ -8,9 +8,11 @@
 //! names, `samples/*.png`, the curves drawn here — and only PNGs, at most [`MAX_IMAGE`] each and
 //! [`MAX_PAGE_IMAGES`] in all; anything else is left out with a note on the page and a warning.
 use super::plots::{self, Series};
-use crate::run::RunDir;
+use crate::records::eval::{AccuracyRecord, CalibrationRecord, EvalRecord, FidRecord, GenerationRecord, Header, OodRecord, RobustnessRecord};
+use crate::run::{Metric, RunDir};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -42,14 +44,28 @@ fn pct(v: &Value) -> Option<String> {
     v.as_f64().map(|x| format!("{:.2} %", 100.0 * x))
 }
 
-fn num(v: &Value, digits: usize) -> Option<String> {
-    v.as_f64().map(|x| format!("{x:.digits$}"))
-}
-
 /// The metrics.jsonl records.
 fn metrics(run: &RunDir) -> Vec<Value> {
     let bytes = run.read_inside("metrics.jsonl", MAX_METRICS).unwrap_or_default();
     String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// An `eval/<metric>.json` of the run as its typed record, if it is there and parses.
+pub(super) fn read_record<T: DeserializeOwned>(run: &RunDir, metric: Metric) -> Option<EvalRecord<T>> {
+    serde_json::from_slice(&run.read_inside(&RunDir::eval_record_inside(metric), MAX_JSON).ok()?).ok()
+}
+
+/// A measured value, unless it could not be computed (NaN, `null` on disk).
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+fn pct_of(x: f64) -> Option<String> {
+    finite(x).map(|x| format!("{:.2} %", 100.0 * x))
+}
+
+fn num_of(x: f64, digits: usize) -> Option<String> {
+    finite(x).map(|x| format!("{x:.digits$}"))
 }
 
 /// The headline numbers of a run: training and every evaluation JSON present. Shared by the
@@ -62,40 +78,38 @@ pub fn summary(run: &RunDir) -> Vec<Row> {
         }
     };
     let fin = read_json(run, "final.json").unwrap_or(Value::Null);
-    let acc = read_json(run, "eval/accuracy.json").unwrap_or(Value::Null);
-    push("test accuracy".into(), pct(&acc["accuracy"]).or_else(|| pct(&fin["test_accuracy_best_checkpoint"])));
-    push("test accuracy after SGLD refinement".into(), pct(&acc["accuracy_refined"]));
-    let cal = read_json(run, "eval/calibration.json").unwrap_or(Value::Null);
-    push("ECE".into(), pct(&cal["ece"]));
-    let ood = read_json(run, "eval/ood.json").unwrap_or(Value::Null);
-    if let Some(sets) = ood["sets"].as_object() {
-        for (name, set) in sets {
-            push(format!("OOD AUROC log p(x), {name}"), num(&set["scores"]["log_px"]["auroc"], 3));
+    let acc = read_record::<AccuracyRecord>(run, Metric::Accuracy).map(|r| r.values);
+    push("test accuracy".into(), acc.as_ref().and_then(|a| pct_of(a.accuracy)).or_else(|| pct(&fin["test_accuracy_best_checkpoint"])));
+    push("test accuracy after SGLD refinement".into(), acc.and_then(|a| pct_of(a.accuracy_refined?)));
+    let cal = read_record::<CalibrationRecord>(run, Metric::Calibration).map(|r| r.values);
+    push("ECE".into(), cal.and_then(|c| pct_of(c.ece)));
+    for (name, set) in read_record::<OodRecord>(run, Metric::Ood).map(|r| r.values.sets).unwrap_or_default() {
+        push(format!("OOD AUROC log p(x), {name}"), set.scores.get("log_px").and_then(|s| num_of(s.auroc, 3)));
+    }
+    for (norm, points) in read_record::<RobustnessRecord>(run, Metric::Robustness).map(|r| r.values.norms).unwrap_or_default() {
+        for p in points.iter().filter(|p| p.eps > 0.0) {
+            push(format!("robust accuracy {norm} eps {}/255", p.eps), pct_of(p.accuracy));
         }
     }
-    let rob = read_json(run, "eval/robustness.json").unwrap_or(Value::Null);
-    if let Some(norms) = rob["norms"].as_object() {
-        for (norm, rows_) in norms {
-            for r in rows_.as_array().into_iter().flatten().filter(|r| r["eps"].as_f64().is_some_and(|e| e > 0.0)) {
-                push(format!("robust accuracy {norm} eps {}/255", r["eps"].as_f64().unwrap_or(f64::NAN)), pct(&r["accuracy"]));
-            }
-        }
+    for (p, r) in read_record::<FidRecord>(run, Metric::Fid).map(|r| r.values.protocols).unwrap_or_default() {
+        push(format!("FID ({p})"), r.fid.and_then(|v| num_of(v, 2)));
+        push(format!("KID ({p})"), r.kid.and_then(|v| num_of(v, 4)));
+        push(format!("Inception Score ({p})"), r.inception_score.and_then(|v| num_of(v, 2)));
     }
-    let fid = read_json(run, "eval/fid.json").unwrap_or(Value::Null);
-    if let Some(protocols) = fid["protocols"].as_object() {
-        for (p, r) in protocols {
-            push(format!("FID ({p})"), num(&r["fid"], 2));
-            push(format!("KID ({p})"), num(&r["kid"], 4));
-            push(format!("Inception Score ({p})"), num(&r["inception_score"], 2));
-        }
-    }
-    let generation = read_json(run, "eval/generation.json").unwrap_or(Value::Null);
-    push("mean LSE fresh samples / test".into(), match (num(&generation["mean_lse_samples"], 2), num(&generation["mean_lse_test"], 2)) {
-        (Some(a), Some(b)) => Some(format!("{a} / {b}")),
-        _ => None,
-    });
+    let generation = read_record::<GenerationRecord>(run, Metric::Generation).map(|r| r.values);
+    push(
+        "mean LSE fresh samples / test".into(),
+        generation.and_then(|g| Some(format!("{} / {}", num_of(g.mean_lse_samples, 2)?, num_of(g.mean_lse_test, 2)?))),
+    );
     push("training time".into(), fin["train_seconds"].as_f64().map(|s| format!("{s:.0} s")));
     rows
+}
+
+/// The seconds each metric present took, from its record's header.
+fn eval_seconds(run: &RunDir) -> Vec<(Metric, f64)> {
+    let header =
+        |metric: Metric| -> Option<Header> { serde_json::from_slice(&run.read_inside(&RunDir::eval_record_inside(metric), MAX_JSON).ok()?).ok() };
+    Metric::ALL.into_iter().filter_map(|m| Some((m, header(m)?.seconds))).collect()
 }
 
 /// What the page may still embed, and what it left out.
@@ -143,7 +157,8 @@ fn is_eval_plot(name: &str) -> bool {
 
 /// A file name in samples/ as the trainer writes them: `iter_NNNNNNN.png`, `final.png`.
 fn is_sample_grid(name: &str) -> bool {
-    name == "final.png" || name.strip_prefix("iter_").and_then(|n| n.strip_suffix(".png")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name == "final.png"
+        || name.strip_prefix("iter_").and_then(|n| n.strip_suffix(".png")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn table(rows: &[Row]) -> String {
@@ -154,16 +169,17 @@ fn table(rows: &[Row]) -> String {
     s + "</table>\n"
 }
 
+/// A training-curve chart: file stem, y-axis label, and its named series of (iteration, value).
+type Chart<'a> = (&'a str, &'a str, Vec<(&'a str, Vec<(f64, f64)>)>);
+
 /// Training curves from metrics.jsonl as PNGs in `dir`; returns (file name, caption) pairs.
 fn training_curves(records: &[Value], dir: &Path) -> Result<Vec<(String, String)>> {
     let train: Vec<&Value> = records.iter().filter(|r| r["kind"] == "train").collect();
     let valid: Vec<&Value> = records.iter().filter(|r| r["kind"] == "valid").collect();
-    let series = |rs: &[&Value], key: &str| -> Vec<(f64, f64)> {
-        rs.iter().filter_map(|r| Some((r["iter"].as_f64()?, r[key].as_f64()?))).collect()
-    };
+    let series = |rs: &[&Value], key: &str| -> Vec<(f64, f64)> { rs.iter().filter_map(|r| Some((r["iter"].as_f64()?, r[key].as_f64()?))).collect() };
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut out = vec![];
-    let charts: [(&str, &str, Vec<(&str, Vec<(f64, f64)>)>); 4] = [
+    let charts: [Chart; 4] = [
         ("loss", "loss", vec![("total", series(&train, "loss")), ("cross-entropy", series(&train, "ce")), ("L_px", series(&train, "l_px"))]),
         ("energy", "LSE f(x)", vec![("data", series(&train, "lse_data")), ("samples", series(&train, "lse_sample"))]),
         ("accuracy", "accuracy", vec![("training batches", series(&train, "acc")), ("validation", series(&valid, "valid_acc"))]),
@@ -286,7 +302,7 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
     h += "<section id=\"evaluation\"><h2>Evaluation</h2>\n";
     let mut any = false;
     for metric in crate::run::Metric::ALL {
-        let Some(v) = read_json(run, &format!("eval/{metric}.json")) else { continue };
+        let Some(v) = read_json(run, &RunDir::eval_record_inside(metric)) else { continue };
         any = true;
         let _ = writeln!(h, "<h3 id=\"eval-{metric}\">{metric}</h3>");
         h += &table(&rows_of(&v));
@@ -299,8 +315,13 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
             if is_eval_plot(p) {
                 h += &images.embed(run, &format!("eval/{p}"), p);
             } else {
-                eprintln!("warning: {}: eval/{metric}.json lists the plot {:?}: not a plot sadajem eval writes; not embedded", run.root.display(), crate::text::shorten(p, 200));
-                let _ = writeln!(h, "<p class=\"missing\">not embedded: {}: not a plot sadajem eval writes</p>", escape(&crate::text::shorten(p, 200)));
+                eprintln!(
+                    "warning: {}: eval/{metric}.json lists the plot {:?}: not a plot sadajem eval writes; not embedded",
+                    run.root.display(),
+                    crate::text::shorten(p, 200)
+                );
+                let _ =
+                    writeln!(h, "<p class=\"missing\">not embedded: {}: not a plot sadajem eval writes</p>", escape(&crate::text::shorten(p, 200)));
             }
         }
         h += "</div>\n";
@@ -318,10 +339,8 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
     if let Some(s) = fin.as_ref().and_then(|f| f["train_seconds"].as_f64()) {
         timing.push(("training".into(), format!("{s:.0} s")));
     }
-    for metric in crate::run::Metric::ALL {
-        if let Some(s) = read_json(run, &format!("eval/{metric}.json")).and_then(|v| v["seconds"].as_f64()) {
-            timing.push((format!("eval: {metric}"), format!("{s:.1} s")));
-        }
+    for (metric, s) in eval_seconds(run) {
+        timing.push((format!("eval: {metric}"), format!("{s:.1} s")));
     }
     h += "<section id=\"timing\"><h2>Timing</h2>\n";
     h += &table(&timing);
@@ -344,6 +363,7 @@ figure img{max-width:560px;image-rendering:pixelated}figcaption{font-size:.85em;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::eval::examples;
 
     fn run_with_results() -> (tempfile::TempDir, RunDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -356,8 +376,8 @@ mod tests {
         std::fs::write(run.final_results(), r#"{"test_accuracy": 0.7, "test_accuracy_best_checkpoint": 0.71, "train_seconds": 12.0}"#).unwrap();
         let eval = run.root.join("eval");
         std::fs::create_dir_all(&eval).unwrap();
-        std::fs::write(eval.join("accuracy.json"), r#"{"accuracy": 0.72, "seconds": 1.5}"#).unwrap();
-        std::fs::write(eval.join("ood.json"), r#"{"sets": {"mnist": {"scores": {"log_px": {"auroc": 0.9512}}}}, "plots": ["ood_mnist_log_px.png"]}"#).unwrap();
+        examples::write(&run.root, &examples::accuracy(0.72));
+        examples::write(&run.root, &examples::ood("mnist", 0.9512, &["ood_mnist_log_px.png"]));
         plots::histograms(&[("a", &[1.0, 2.0]), ("b", &[2.0, 3.0])], "x", "t", &eval.join("ood_mnist_log_px.png")).unwrap();
         (dir, run)
     }
@@ -421,7 +441,15 @@ mod tests {
         assert!(!html.contains("TOP-SECRET") && !html.contains(&b64[..16]), "the secret is in the page");
         // The real plot is still there; each other one is named with why it was left out.
         assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5);
-        for why in ["/etc/passwd: not a plot sadajem eval writes", "../../secret.txt: not a plot sadajem eval writes", "eval/ood_text.png: not a PNG file", "eval/ood_link.png: a symbolic link, not followed", "samples/iter_0000001.png: a symbolic link", "samples/iter_0000002.png: not a regular file", "samples/final.png: a symbolic link"] {
+        for why in [
+            "/etc/passwd: not a plot sadajem eval writes",
+            "../../secret.txt: not a plot sadajem eval writes",
+            "eval/ood_text.png: not a PNG file",
+            "eval/ood_link.png: a symbolic link, not followed",
+            "samples/iter_0000001.png: a symbolic link",
+            "samples/iter_0000002.png: not a regular file",
+            "samples/final.png: a symbolic link",
+        ] {
             assert!(html.contains(&format!("not embedded: {}", escape(why))), "{why}");
         }
         assert!(!html.contains("notes.png"));

@@ -63,10 +63,8 @@ pub struct Series<'a> {
 /// Reliability diagram: per bin, the accuracy as a bar, its gap to the mean confidence and the
 /// diagonal of perfect calibration; below, the number of predictions per bin. The title gets the ECE.
 pub fn reliability_diagram(bins: &[ReliabilityBin], ece: f64, title: &str, path: &Path) -> Result<()> {
-    let bins: Vec<&ReliabilityBin> = bins
-        .iter()
-        .filter(|b| [b.lower, b.upper, b.confidence, b.accuracy].iter().all(|&v| plottable(v)) && b.upper > b.lower)
-        .collect();
+    let bins: Vec<&ReliabilityBin> =
+        bins.iter().filter(|b| [b.lower, b.upper, b.confidence, b.accuracy].iter().all(|&v| plottable(v)) && b.upper > b.lower).collect();
     let (x0, x1) = bins.iter().fold((0.0f64, 1.0f64), |(lo, hi), b| (lo.min(b.lower), hi.max(b.upper)));
     let max_count = bins.iter().map(|b| b.count).max().unwrap_or(0).max(1) as f64;
     let title = if ece.is_finite() { format!("{title} (ECE {:.2} %)", 100.0 * ece) } else { title.to_string() };
@@ -90,9 +88,9 @@ pub fn reliability_diagram(bins: &[ReliabilityBin], ece: f64, title: &str, path:
             note(&chart)?;
         }
         let mut chart = axes(&bottom, x0..x1, 0.0..max_count * 1.1, "confidence", "predictions")?;
-        chart.draw_series(bins.iter().filter(|b| b.count > 0).map(|b| {
-            Rectangle::new([(b.lower, 0.0), (b.upper, b.count as f64)], PALETTE[7].mix(0.7).filled())
-        }))?;
+        chart.draw_series(
+            bins.iter().filter(|b| b.count > 0).map(|b| Rectangle::new([(b.lower, 0.0), (b.upper, b.count as f64)], PALETTE[7].mix(0.7).filled())),
+        )?;
         Ok(())
     })
 }
@@ -100,8 +98,7 @@ pub fn reliability_diagram(bins: &[ReliabilityBin], ece: f64, title: &str, path:
 /// Overlaid histograms of several sets (e.g. in-distribution vs OOD scores) over the same bins,
 /// each normalised to a density so that sets of different sizes compare.
 pub fn histograms(sets: &[(&str, &[f64])], x_label: &str, title: &str, path: &Path) -> Result<()> {
-    let finite: Vec<Vec<f64>> =
-        sets.iter().map(|(_, v)| v.iter().copied().filter(|&v| plottable(v)).collect()).collect();
+    let finite: Vec<Vec<f64>> = sets.iter().map(|(_, v)| v.iter().copied().filter(|&v| plottable(v)).collect()).collect();
     let range = span(finite.iter().flatten().copied());
     let (lo, hi) = range.unwrap_or((0.0, 1.0));
     // √n bins for the largest set: fine enough to show shape, coarse enough not to be noise.
@@ -132,9 +129,10 @@ pub fn histograms(sets: &[(&str, &[f64])], x_label: &str, title: &str, path: &Pa
         for (i, dens) in densities.iter().enumerate() {
             let c = color(i);
             chart.draw_series(
-                dens.iter().enumerate().filter(|(_, &d)| d > 0.0).map(|(k, &d)| {
-                    Rectangle::new([(edge(k), 0.0), (edge(k + 1), d)], c.mix(FILL_ALPHA).filled())
-                }),
+                dens.iter()
+                    .enumerate()
+                    .filter(|(_, &d)| d > 0.0)
+                    .map(|(k, &d)| Rectangle::new([(edge(k), 0.0), (edge(k + 1), d)], c.mix(FILL_ALPHA).filled())),
             )?;
             if finite[i].is_empty() {
                 continue;
@@ -154,23 +152,13 @@ pub fn histograms(sets: &[(&str, &[f64])], x_label: &str, title: &str, path: &Pa
 /// Line chart of named series (e.g. robust accuracy against ε, or a training curve), with a
 /// marker on every point; `y_range` is the y extent shown (e.g. (0, 1) for an accuracy) unless
 /// the data go beyond it.
-pub fn line_chart(
-    series: &[Series],
-    x_label: &str,
-    y_label: &str,
-    title: &str,
-    y_range: Option<(f64, f64)>,
-    path: &Path,
-) -> Result<()> {
-    let finite: Vec<Vec<(f64, f64)>> = series
-        .iter()
-        .map(|s| s.points.iter().copied().filter(|&(x, y)| plottable(x) && plottable(y)).collect())
-        .collect();
+pub fn line_chart(series: &[Series], x_label: &str, y_label: &str, title: &str, y_range: Option<(f64, f64)>, path: &Path) -> Result<()> {
+    let finite: Vec<Vec<(f64, f64)>> =
+        series.iter().map(|s| s.points.iter().copied().filter(|&(x, y)| plottable(x) && plottable(y)).collect()).collect();
     let xs = span(finite.iter().flatten().map(|p| p.0));
     let (x0, x1) = xs.map(|r| pad(r, 0.03)).unwrap_or((0.0, 1.0));
     let (y0, y1) = y_axis(y_range, span(finite.iter().flatten().map(|p| p.1)));
-    let legend: Vec<(String, Mark)> =
-        series.iter().enumerate().map(|(i, s)| (s.name.to_string(), Mark::Line(color(i), true))).collect();
+    let legend: Vec<(String, Mark)> = series.iter().enumerate().map(|(i, s)| (s.name.to_string(), Mark::Line(color(i), true))).collect();
     render(path, title, &legend, |area| {
         let mut chart = axes(area, x0..x1, y0..y1, x_label, y_label)?;
         for (i, points) in finite.iter().enumerate() {
@@ -286,7 +274,11 @@ fn tick(v: f64) -> String {
     }
     let s = format!("{v:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.into() }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
 }
 
 /// Writes the no-data note in the middle of a chart's plotting area, on white so that
@@ -307,16 +299,18 @@ fn note(chart: &Chart) -> Result<()> {
 /// Legend names past this many characters are cut so the legend cannot eat the plot.
 fn shorten(name: &str) -> String {
     const MAX: usize = 40;
-    if name.chars().count() <= MAX { name.to_string() } else { name.chars().take(MAX - 1).chain(['…']).collect() }
+    if name.chars().count() <= MAX {
+        name.to_string()
+    } else {
+        name.chars().take(MAX - 1).chain(['…']).collect()
+    }
 }
 
 /// [min, max] of the plottable values, None if there are none. A zero-width range (one point,
 /// or all values equal, or a width below 1e-100 on which bins of histograms would divide by
 /// nothing) is widened around its value, since an axis needs a width.
 fn span(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    let (lo, hi) = values
-        .filter(|&v| plottable(v))
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values.filter(|&v| plottable(v)).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return None;
     }
@@ -331,7 +325,11 @@ fn span(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 /// `r` if plotters can draw an axis over it (finite ends and width, end after start), else [0, 1].
 fn drawable(r: Range<f64>) -> Range<f64> {
     let ok = r.start.is_finite() && r.end.is_finite() && (r.end - r.start).is_finite() && r.end > r.start;
-    if ok { r } else { 0.0..1.0 }
+    if ok {
+        r
+    } else {
+        0.0..1.0
+    }
 }
 
 /// The y axis of a line chart: the given range if it is one, widened to the data if they go
@@ -385,8 +383,16 @@ impl DrawingBackend for Canvas<'_> {
         let (glyphs, (w, h)) = layout(text, style.size());
         let (w, h) = (w as i32, h as i32);
         let anchor = style.anchor();
-        let dx = match anchor.h_pos { HPos::Left => 0, HPos::Center => -w / 2, HPos::Right => -w };
-        let dy = match anchor.v_pos { VPos::Top => 0, VPos::Center => -h / 2, VPos::Bottom => -h };
+        let dx = match anchor.h_pos {
+            HPos::Left => 0,
+            HPos::Center => -w / 2,
+            HPos::Right => -w,
+        };
+        let dy = match anchor.v_pos {
+            VPos::Top => 0,
+            VPos::Center => -h / 2,
+            VPos::Bottom => -h,
+        };
         let (color, turn) = (style.color(), style.transform());
         for glyph in glyphs {
             let Some(outline) = font().outline_glyph(glyph) else { continue }; // a space
@@ -407,10 +413,18 @@ impl DrawingBackend for Canvas<'_> {
     }
 
     // The rest is the bitmap backend's own.
-    fn get_size(&self) -> (u32, u32) { self.0.get_size() }
-    fn ensure_prepared(&mut self) -> BackendResult { self.0.ensure_prepared() }
-    fn present(&mut self) -> BackendResult { self.0.present() }
-    fn draw_pixel(&mut self, p: Coord, c: BackendColor) -> BackendResult { self.0.draw_pixel(p, c) }
+    fn get_size(&self) -> (u32, u32) {
+        self.0.get_size()
+    }
+    fn ensure_prepared(&mut self) -> BackendResult {
+        self.0.ensure_prepared()
+    }
+    fn present(&mut self) -> BackendResult {
+        self.0.present()
+    }
+    fn draw_pixel(&mut self, p: Coord, c: BackendColor) -> BackendResult {
+        self.0.draw_pixel(p, c)
+    }
     fn draw_line<S: pb::BackendStyle>(&mut self, a: Coord, b: Coord, s: &S) -> BackendResult {
         self.0.draw_line(a, b, s)
     }

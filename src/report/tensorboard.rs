@@ -444,15 +444,22 @@ mod tests {
         assert!(tb.join("eval").is_dir(), "the eval directory is not touched");
         let events = read_events(&files[0]).unwrap();
         let s = scalars(&events);
-        assert_eq!(s.iter().map(|(t, st, _)| (t.as_str(), *st)).collect::<Vec<_>>(), [("train/loss", 10), ("train/loss", 20), ("train/loss", 30), ("train/loss", 40), ("train/loss", 50)]);
+        assert_eq!(
+            s.iter().map(|(t, st, _)| (t.as_str(), *st)).collect::<Vec<_>>(),
+            [("train/loss", 10), ("train/loss", 20), ("train/loss", 30), ("train/loss", 40), ("train/loss", 50)]
+        );
         assert_eq!(s[4].2, 5.0);
         let images: Vec<(String, i64, i32, i32, i32)> = events
             .iter()
             .flat_map(|e| match &e.what {
-                Some(What::Summary(s)) => s.value.iter().filter_map(|v| match &v.data {
-                    Some(Data::Image(i)) => Some((v.tag.clone(), e.step, i.width, i.height, i.colorspace)),
-                    _ => None,
-                }).collect(),
+                Some(What::Summary(s)) => s
+                    .value
+                    .iter()
+                    .filter_map(|v| match &v.data {
+                        Some(Data::Image(i)) => Some((v.tag.clone(), e.step, i.width, i.height, i.colorspace)),
+                        _ => None,
+                    })
+                    .collect(),
                 _ => vec![],
             })
             .collect();
@@ -476,7 +483,10 @@ mod tests {
         let mut s = scalars(&read_events(&files[0]).unwrap());
         s.sort_by(|a, b| a.0.cmp(&b.0));
         let tags: Vec<(&str, i64)> = s.iter().map(|(t, st, _)| (t.as_str(), *st)).collect();
-        assert_eq!(tags, [("eval/calibration/ece", 300), ("eval/fid/protocols/fresh/fid", 300), ("eval/fid/protocols/fresh/kid", 300), ("eval/fid/seconds", 300)]);
+        assert_eq!(
+            tags,
+            [("eval/calibration/ece", 300), ("eval/fid/protocols/fresh/fid", 300), ("eval/fid/protocols/fresh/kid", 300), ("eval/fid/seconds", 300)]
+        );
         assert_eq!(s[1].2, 151.5);
     }
 }

@@ -142,11 +142,7 @@ impl ClassGaussians {
                 ensure!(rank >= 1, "informative init: a low-rank covariance needs rank ≥ 1");
                 let most = members.iter().map(Vec::len).max().unwrap_or(0) as i64;
                 let r = (rank as i64).min(d).min(most);
-                Factor::LowRank {
-                    basis: Tensor::zeros([k, r, d], f32s),
-                    scale: Tensor::zeros([k, r], f32s),
-                    diag_std: Tensor::zeros([k, d], f32s),
-                }
+                Factor::LowRank { basis: Tensor::zeros([k, r, d], f32s), scale: Tensor::zeros([k, r], f32s), diag_std: Tensor::zeros([k, d], f32s) }
             }
         };
         for (c, m) in members.iter().enumerate() {
@@ -160,9 +156,7 @@ impl ClassGaussians {
             match &factor {
                 Factor::Full { chol } => {
                     let sigma = xc.tr().matmul(&xc) / n as f64 + Tensor::eye(d, f64s) * JITTER;
-                    let l = sigma
-                        .f_linalg_cholesky(false)
-                        .with_context(|| format!("informative init: Cholesky factor of class {c}'s covariance"))?;
+                    let l = sigma.f_linalg_cholesky(false).with_context(|| format!("informative init: Cholesky factor of class {c}'s covariance"))?;
                     chol.get(c as i64).copy_(&l);
                 }
                 Factor::LowRank { basis, scale, diag_std } => {
@@ -214,11 +208,9 @@ impl ClassGaussians {
     pub fn to_device(self, device: Device) -> Self {
         let factor = match self.factor {
             Factor::Full { chol } => Factor::Full { chol: chol.to_device(device) },
-            Factor::LowRank { basis, scale, diag_std } => Factor::LowRank {
-                basis: basis.to_device(device),
-                scale: scale.to_device(device),
-                diag_std: diag_std.to_device(device),
-            },
+            Factor::LowRank { basis, scale, diag_std } => {
+                Factor::LowRank { basis: basis.to_device(device), scale: scale.to_device(device), diag_std: diag_std.to_device(device) }
+            }
         };
         ClassGaussians { mean: self.mean.to_device(device), factor, device, ..self }
     }
@@ -252,8 +244,7 @@ impl ClassGaussians {
             let dev = match &self.factor {
                 Factor::Full { chol } => noise[0].index_select(0, &rows).matmul(&chol.get(c).tr()),
                 Factor::LowRank { basis, scale, diag_std } => {
-                    (noise[0].index_select(0, &rows) * scale.get(c)).matmul(&basis.get(c))
-                        + noise[1].index_select(0, &rows) * diag_std.get(c)
+                    (noise[0].index_select(0, &rows) * scale.get(c)).matmul(&basis.get(c)) + noise[1].index_select(0, &rows) * diag_std.get(c)
                 }
             };
             let _ = out.index_add_(0, &rows, &dev);
@@ -372,7 +363,13 @@ pub fn informative_cached(cache: &Path, set: &ImageSet, idx: &[usize], cov: Cova
         differs.push(format!("image shape {:?} (this run: {shape:?})", g.shape));
     }
     if g.counts != counts {
-        differs.push(format!("{} classes, {} images (this run: {} classes, {} images)", g.counts.len(), g.counts.iter().sum::<usize>(), counts.len(), counts.iter().sum::<usize>()));
+        differs.push(format!(
+            "{} classes, {} images (this run: {} classes, {} images)",
+            g.counts.len(),
+            g.counts.iter().sum::<usize>(),
+            counts.len(),
+            counts.iter().sum::<usize>()
+        ));
     }
     if !differs.is_empty() {
         bail!("{}: cached informative init was fitted with {}; delete it to refit", cache.display(), differs.join(", "));

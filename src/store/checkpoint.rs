@@ -71,7 +71,6 @@ pub fn encode(tensors: &[(String, RawTensor)], state_json: String) -> Result<Vec
     Ok(safetensors::serialize(tensors.iter().map(|(n, r)| (n.as_str(), r)), &Some(meta))?)
 }
 
-
 /// A checkpoint file read into memory whose structure and checksum have been verified.
 pub struct Verified {
     bytes: Vec<u8>,
@@ -116,9 +115,7 @@ fn describe(e: &SafeTensorError, len: usize) -> String {
             "the header is not the JSON table of a safetensors file".to_string()
         }
         SafeTensorError::InvalidOffset(name) => format!("tensor `{name}` has inconsistent data offsets"),
-        SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow => {
-            "a tensor's shape does not match its data".to_string()
-        }
+        SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow => "a tensor's shape does not match its data".to_string(),
         other => format!("{other:?}"),
     }
 }
@@ -139,7 +136,10 @@ pub fn verify(path: &Path, bytes: Vec<u8>) -> Result<Verified> {
         return Err(damaged(path, format!("no training state (`{STATE_KEY}`) in its header")));
     };
     let Some(stored) = meta.get(CHECKSUM_KEY) else {
-        return Err(damaged(path, format!("no checksum (`{CHECKSUM_KEY}`) in its header; it was written by an older sadajem, or its header is damaged")));
+        return Err(damaged(
+            path,
+            format!("no checksum (`{CHECKSUM_KEY}`) in its header; it was written by an older sadajem, or its header is damaged"),
+        ));
     };
     let views = st.tensors();
     let computed = checksum(views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())), state);

@@ -28,15 +28,15 @@
 //! - `tensors` and `write` (with the `torch` feature): tensors made from the bytes, and files
 //!   written.
 pub mod archive;
+/// Hostile files for the tests, shared with tests/hostile.rs.
+#[cfg(test)]
+#[path = "../../tests/support/forge.rs"]
+pub(crate) mod forge;
 mod machine;
 #[cfg(feature = "torch")]
 mod tensors;
 #[cfg(feature = "torch")]
 mod write;
-/// Hostile files for the tests, shared with tests/hostile.rs.
-#[cfg(test)]
-#[path = "../../tests/support/forge.rs"]
-pub(crate) mod forge;
 
 pub use archive::{file_kind, Budget, Contents, FileKind, Limits, DEFAULT_MAX_BYTES};
 pub use machine::{CodeUse, Dtype, MAX_DEPTH};

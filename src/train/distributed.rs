@@ -121,10 +121,9 @@ impl World {
             (Backend::Nccl, Device::Cuda(i)) => (device, Some(i)),
             _ => (Device::Cpu, None),
         };
-        let group = crate::shim::Group::new(&env.master_addr, env.master_port, env.rank, env.world_size, TIMEOUT_S, nccl_gpu)
-            .with_context(|| {
-                format!("rank {} joining {} workers at {}:{} ({backend:?})", env.rank, env.world_size, env.master_addr, env.master_port)
-            })?;
+        let group = crate::shim::Group::new(&env.master_addr, env.master_port, env.rank, env.world_size, TIMEOUT_S, nccl_gpu).with_context(|| {
+            format!("rank {} joining {} workers at {}:{} ({backend:?})", env.rank, env.world_size, env.master_addr, env.master_port)
+        })?;
         Ok(World { rank: env.rank, size: env.world_size, comm, group: Some(group) })
     }
 

@@ -85,11 +85,7 @@ fn progress_message(l: &TrainLine) -> String {
 
 fn progress_bar(len: usize, pos: usize, epoch: usize, epochs: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})").expect("valid template").progress_chars("=> "));
     bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
     bar.set_position(pos as u64);
     bar

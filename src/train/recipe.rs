@@ -68,9 +68,7 @@ impl Learner {
     /// the same iteration (their collective calls must stay in step).
     fn agree<T>(&self, result: Result<T, Diverged>) -> Result<T, Diverged> {
         match &self.world {
-            Some(w) if w.any(result.is_err()) => {
-                Err(result.err().unwrap_or_else(|| Diverged { what: "another worker's loss diverged".into() }))
-            }
+            Some(w) if w.any(result.is_err()) => Err(result.err().unwrap_or_else(|| Diverged { what: "another worker's loss diverged".into() })),
             _ => result,
         }
     }
@@ -98,14 +96,7 @@ pub enum Samples<'a> {
 
 /// One iteration. `x_data` is the likelihood term's data batch (ignored by `softmax`);
 /// `chains` must be present for the joint recipes.
-pub fn step(
-    cfg: &Config,
-    learner: &mut Learner,
-    chains: Option<&mut Chains>,
-    lab: &Batch,
-    x_data: &Tensor,
-    lr: f64,
-) -> Result<StepStats, Diverged> {
+pub fn step(cfg: &Config, learner: &mut Learner, chains: Option<&mut Chains>, lab: &Batch, x_data: &Tensor, lr: f64) -> Result<StepStats, Diverged> {
     let px = match (cfg.train.recipe, chains) {
         (Recipe::Softmax, _) => None,
         (_, None) => panic!("the joint recipes need the sampler's chains"),
@@ -139,12 +130,7 @@ pub fn sampler_mode(cfg: &Config) -> Mode {
 /// Steps 1–2: the forwards in the reference's order, the loss's gradient at the current
 /// weights left in the parameters' `.grad`. `px` = (data batch, samples) for the joint recipes;
 /// returns the statistics and the samples used.
-pub fn gradient_pass(
-    cfg: &Config,
-    learner: &Learner,
-    lab: &Batch,
-    px: Option<(&Tensor, Samples)>,
-) -> Result<(StepStats, Option<Tensor>), Diverged> {
+pub fn gradient_pass(cfg: &Config, learner: &Learner, lab: &Batch, px: Option<(&Tensor, Samples)>) -> Result<(StepStats, Option<Tensor>), Diverged> {
     zero_grad(&learner.params);
     let net = &learner.net;
     let px = px.map(|(x_data, samples)| {
@@ -184,12 +170,7 @@ pub fn sam_pass(cfg: &Config, learner: &Learner, lab: &Batch, px: Option<(&Tenso
 
 /// The total loss and its reported terms from the logits of the labelled batch and, for the
 /// joint recipes, of (data batch, detached samples).
-fn joint_loss(
-    cfg: &Config,
-    logits: &Tensor,
-    y: &Tensor,
-    px: Option<(&Tensor, &Tensor)>,
-) -> Result<(Tensor, StepStats), Diverged> {
+fn joint_loss(cfg: &Config, logits: &Tensor, y: &Tensor, px: Option<(&Tensor, &Tensor)>) -> Result<(Tensor, StepStats), Diverged> {
     let w = &cfg.loss;
     let ce = logits.cross_entropy_for_logits(y);
     let acc = logits.argmax(1, false).eq_tensor(y).to_kind(tch::Kind::Float).mean(None);
@@ -279,7 +260,14 @@ mod tests {
             let w_before: Vec<Tensor> = vs.trainable_variables().iter().map(|t| t.copy()).collect();
             let stats = step(&cfg, &mut learner, Some(&mut chains), &lab, &x_data, 0.01).unwrap();
             let px = stats.px.expect("the likelihood term's statistics");
-            for (key, v) in [("loss", stats.loss), ("ce", stats.ce), ("acc", stats.acc), ("l_px", px.l_px), ("lse_data", px.lse_data), ("lse_sample", px.lse_sample)] {
+            for (key, v) in [
+                ("loss", stats.loss),
+                ("ce", stats.ce),
+                ("acc", stats.acc),
+                ("l_px", px.l_px),
+                ("lse_data", px.lse_data),
+                ("lse_sample", px.lse_sample),
+            ] {
                 assert!(v.is_finite(), "{recipe:?}: {key}");
             }
             let expected = stats.ce + px.l_px;

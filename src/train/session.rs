@@ -83,7 +83,9 @@ impl Inputs {
         if d.n_valid + d.batch_size > train_set.n {
             bail!(
                 "data.n_valid = {} and data.batch_size = {} leave no full training batch of the {} training images",
-                d.n_valid, d.batch_size, train_set.n
+                d.n_valid,
+                d.batch_size,
+                train_set.n
             );
         }
         Ok(Inputs { device, train_set, test_set })
@@ -177,7 +179,23 @@ impl<'a> Session<'a> {
             world_size: world.size,
         };
         let latest_iter = None;
-        let mut s = Session { cfg, run, world, device, vs, names, learner, chains, batches, train_set, test_set, valid_idx, running_stats, state, latest_iter };
+        let mut s = Session {
+            cfg,
+            run,
+            world,
+            device,
+            vs,
+            names,
+            learner,
+            chains,
+            batches,
+            train_set,
+            test_set,
+            valid_idx,
+            running_stats,
+            state,
+            latest_iter,
+        };
         s.resume_or_begin(resume)?;
         Ok(s)
     }

@@ -198,8 +198,7 @@ fn test_accuracy(s: &Session) -> f64 {
 /// 64 buffer entries spread evenly over it (the informative init fills it class by class).
 fn save_buffer_grid(buffer: &ReplayBuffer, path: &std::path::Path) -> Result<()> {
     let n = buffer.len().min(64);
-    let idx = Tensor::linspace(0.0, (buffer.len() - 1) as f64, n, (tch::Kind::Float, buffer.images.device()))
-        .to_kind(tch::Kind::Int64);
+    let idx = Tensor::linspace(0.0, (buffer.len() - 1) as f64, n, (tch::Kind::Float, buffer.images.device())).to_kind(tch::Kind::Int64);
     grid::save_grid(&buffer.images.index_select(0, &idx), path)
 }
 
@@ -214,7 +213,9 @@ mod tests {
     /// A softmax session on 60 random 1×8×8 images (10 for validation, batches of 10), in a
     /// fresh run directory.
     fn session<'a>(cfg: &'a Config, run: &'a RunDir) -> Session<'a> {
-        let set = |n: usize, seed: u64| crate::bench::synthetic_set(&Config { train: crate::config::TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() }, n);
+        let set = |n: usize, seed: u64| {
+            crate::bench::synthetic_set(&Config { train: crate::config::TrainConfig { seed, ..cfg.train.clone() }, ..cfg.clone() }, n)
+        };
         let inputs = Inputs { device: Device::Cpu, train_set: set(60, 1), test_set: set(20, 2) };
         Session::start(cfg, run, false, inputs, Rc::new(World::single())).unwrap()
     }

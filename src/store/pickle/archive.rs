@@ -81,10 +81,7 @@ impl Budget {
 
     pub(super) fn exceeded(&self, what: String) -> anyhow::Error {
         let how = if self.capped {
-            format!(
-                "the {} allowed (sadajem import --max-tensor-bytes raises it)",
-                crate::memory::human(self.bytes as f64)
-            )
+            format!("the {} allowed (sadajem import --max-tensor-bytes raises it)", crate::memory::human(self.bytes as f64))
         } else {
             format!("the {} a file of this length can honestly hold", crate::memory::human(self.bytes as f64))
         };
@@ -130,10 +127,7 @@ pub struct Contents {
 /// Tells the three kinds of PyTorch file apart; anything else is an error saying so.
 pub fn file_kind(path: &Path) -> Result<FileKind> {
     let mut head = Vec::with_capacity(LEGACY_MAGIC.len());
-    open_regular(path)?
-        .take(LEGACY_MAGIC.len() as u64)
-        .read_to_end(&mut head)
-        .with_context(|| format!("reading {}", path.display()))?;
+    open_regular(path)?.take(LEGACY_MAGIC.len() as u64).read_to_end(&mut head).with_context(|| format!("reading {}", path.display()))?;
     if head.starts_with(b"PK\x03\x04") {
         let zip = open_zip(path)?;
         // A TorchScript archive also has a data.pkl (the module's attributes); its code and
@@ -237,8 +231,7 @@ fn read_zip(path: &Path, budget: Budget) -> Result<Contents> {
     if let Ok(order) = read_record(&mut zip, &format!("{prefix}byteorder"), RecordSize::AtMost(16)) {
         ensure!(order == b"little", "the tensors are stored big-endian; only little-endian files are read");
     }
-    let pickle = read_record(&mut zip, &format!("{prefix}data.pkl"), RecordSize::AtMost(MAX_PICKLE_BYTES.min(budget.bytes)))
-        .context("data.pkl")?;
+    let pickle = read_record(&mut zip, &format!("{prefix}data.pkl"), RecordSize::AtMost(MAX_PICKLE_BYTES.min(budget.bytes))).context("data.pkl")?;
     let mut machine = Machine::new(&pickle, budget);
     let value = machine.run().context("in data.pkl")?;
     let spent = budget.bytes - machine.storage_bytes_left();
@@ -360,9 +353,10 @@ fn walk(m: &Machine, root: &Value, pickle_len: usize, budget: Budget, spent: u64
         };
         let name = if top.name.is_empty() { key } else { format!("{}.{key}", top.name) };
         let depth = top.depth + 1;
-        w.name_bytes_left = w.name_bytes_left.checked_sub(name.len() as u64).ok_or_else(|| {
-            anyhow!("the names of its entries take more bytes than a pickle of {pickle_len} bytes can honestly make")
-        })?;
+        w.name_bytes_left = w
+            .name_bytes_left
+            .checked_sub(name.len() as u64)
+            .ok_or_else(|| anyhow!("the names of its entries take more bytes than a pickle of {pickle_len} bytes can honestly make"))?;
         // Cycles, and containers filled after they were nested, end here.
         ensure!(depth <= MAX_DEPTH, "{}: nested more than {MAX_DEPTH} levels deep", machine::shorten(&name, 200));
         if let Some(id) = w.visit(value, name.clone())? {
@@ -441,8 +435,8 @@ fn key_name(m: &Machine, key: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::pickle::forge::{self, Pickle, Record};
     use super::*;
+    use crate::store::pickle::forge::{self, Pickle, Record};
 
     /// A legacy stream around `object`, no storages.
     fn legacy(object: &[u8]) -> Vec<u8> {
@@ -558,7 +552,8 @@ mod tests {
             assert!(e.contains(&format!("record archive/data/0 declares {declared} bytes; its storage needs 576")), "{e}");
         }
         // A record shorter than its storage.
-        let records = [Record::plain("archive/data.pkl", &pickle), Record::plain("archive/data/0", &[0; 100]), Record::plain("archive/data/1", &[0; 40])];
+        let records =
+            [Record::plain("archive/data.pkl", &pickle), Record::plain("archive/data/0", &[0; 100]), Record::plain("archive/data/1", &[0; 40])];
         let e = err(&forge::zip(&records), &Limits::default());
         assert!(e.contains("record archive/data/0 declares 100 bytes; its storage needs 576"), "{e}");
     }
@@ -593,7 +588,9 @@ mod tests {
     /// A replay buffer as a stride-0 view of one element: every view costs its elements.
     #[test]
     fn views_cost_their_elements_within_the_budget() {
-        for (n, expect) in [(1_000_000_000_000i64, "replay_buffer of size [1000000000000, 3, 32, 32]"), (10_000, "replay_buffer of size [10000, 3, 32, 32]")] {
+        for (n, expect) in
+            [(1_000_000_000_000i64, "replay_buffer of size [1000000000000, 3, 32, 32]"), (10_000, "replay_buffer of size [10000, 3, 32, 32]")]
+        {
             let size = vec![n, 3, 32, 32];
             let (pickle, numels) = forge::checkpoint_pickle(&state(), Some((size, vec![0, 0, 0, 0], 1)), b"");
             for bytes in [forge::torch_zip(&pickle, &numels), forge::legacy(&pickle, &numels)] {

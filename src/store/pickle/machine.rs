@@ -269,8 +269,26 @@ fn is_data_global(name: &str) -> bool {
         "torch.per_channel_affine",
     ];
     const DTYPES: &[&str] = &[
-        "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32", "int",
-        "int16", "short", "int8", "uint8", "bool", "complex64", "complex128", "cfloat", "cdouble",
+        "float32",
+        "float",
+        "float64",
+        "double",
+        "float16",
+        "half",
+        "bfloat16",
+        "int64",
+        "long",
+        "int32",
+        "int",
+        "int16",
+        "short",
+        "int8",
+        "uint8",
+        "bool",
+        "complex64",
+        "complex128",
+        "cfloat",
+        "cdouble",
     ];
     EXACT.contains(&name)
         || name.strip_prefix("torch.").is_some_and(|n| DTYPES.contains(&n))
@@ -658,15 +676,10 @@ impl<'a> Machine<'a> {
         let Value::Tuple(id) = pid else { bail!("a persistent id that is not a tuple: {}", self.heap.describe(&pid)) };
         let Node::Tuple(items) = self.heap.node(id) else { unreachable!("a tuple id names a tuple") };
         match items.as_slice() {
-            [Value::Str(tag), Value::Global(ty), Value::Str(key), Value::Str(_location), Value::Int(numel), rest @ ..]
-                if &**tag == "storage" =>
-            {
+            [Value::Str(tag), Value::Global(ty), Value::Str(key), Value::Str(_location), Value::Int(numel), rest @ ..] if &**tag == "storage" => {
                 let key = key.clone();
                 let shown = shorten(&key, 40);
-                ensure!(
-                    matches!(rest, [] | [Value::None]),
-                    "storage {shown} is a view of another storage (PyTorch < 0.4 files are not read)"
-                );
+                ensure!(matches!(rest, [] | [Value::None]), "storage {shown} is a view of another storage (PyTorch < 0.4 files are not read)");
                 let dtype = Dtype::from_storage_name(ty)?;
                 let numel = u64::try_from(*numel).map_err(|_| anyhow!("storage {shown} has {numel} elements"))?;
                 let storage = Storage { dtype, numel };
@@ -730,9 +743,7 @@ impl<'a> Machine<'a> {
                 _ => bail!("{name} with arguments {}", self.describe_all(&args)),
             },
             // A Parameter is its data.
-            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
-                args.first().cloned().unwrap_or(Value::None)
-            }
+            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => args.first().cloned().unwrap_or(Value::None),
             // A tensor subclass or a tensor with Python attributes: (func, type, args, state).
             "torch._tensor._rebuild_from_type_v2" => match args.as_slice() {
                 [func @ Value::Global(f), _ty, inner, ..] if &**f != "torch._tensor._rebuild_from_type_v2" => {
@@ -779,9 +790,10 @@ fn view(storage: Rc<str>, s: Storage, offset: i64, size: Vec<i64>, stride: Vec<i
     let numel = size.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).ok_or_else(bad)?;
     if numel > 0 {
         // The last element reached: offset + Σ (size_i − 1)·stride_i, checked so nothing wraps.
-        let last = size.iter().zip(&stride).try_fold(offset as u128, |acc, (&d, &st)| {
-            ((d - 1) as u128).checked_mul(st as u128).and_then(|x| acc.checked_add(x))
-        });
+        let last = size
+            .iter()
+            .zip(&stride)
+            .try_fold(offset as u128, |acc, (&d, &st)| ((d - 1) as u128).checked_mul(st as u128).and_then(|x| acc.checked_add(x)));
         ensure!(last.is_some_and(|last| last < s.numel as u128), "{}", bad());
     }
     Ok(TensorRef { storage, dtype: s.dtype, offset, size, stride, numel })
@@ -941,5 +953,4 @@ mod tests {
         assert!(view("k".into(), s, 0, vec![i64::MAX, i64::MAX], vec![0, 0]).is_err());
         assert!(view("k".into(), s, 0, vec![2, 2], vec![1]).is_err());
     }
-
 }

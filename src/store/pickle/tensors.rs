@@ -45,9 +45,9 @@ fn make(c: Contents) -> Result<Loaded> {
     for (name, t) in c.tensors {
         let key = &t.storage;
         let storage = storages.get(key).ok_or_else(|| anyhow!("tensor {name}: its storage {key} is missing"))?;
-        let view = storage.f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset).with_context(|| {
-            format!("tensor {name}: size {:?}, stride {:?}, offset {}", t.size, t.stride, t.offset)
-        })?;
+        let view = storage
+            .f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset)
+            .with_context(|| format!("tensor {name}: size {:?}, stride {:?}, offset {}", t.size, t.stride, t.offset))?;
         tensors.push((name, view));
     }
     Ok(Loaded { kind: c.kind, tensors, leaves: c.leaves, code: c.code, checksummed: c.checksummed })

@@ -170,7 +170,6 @@ fn storage_name(kind: Kind) -> Result<&'static str> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
