@@ -51,7 +51,7 @@ type Area<'a> = DrawingArea<Canvas<'a>, Shift>;
 type Chart<'a, 'b> = ChartContext<'a, Canvas<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// A reliability diagram draws the calibration module's bins.
-pub use crate::eval::calibration::Bin as ReliabilityBin;
+pub use crate::records::eval::Bin as ReliabilityBin;
 
 /// A named line of a line chart.
 #[derive(Debug, Clone, Copy)]
