@@ -58,8 +58,10 @@ started=$(date +%s)
 if [ $dry = 1 ]; then
   mode=dry-run
   # bf16 on a CPU without AMX runs these tiny WRN-10-1 steps ~10x slower than fp32 (1.7 s an
-  # iteration in the debug build on an AMD EPYC with AVX512-BF16): 170 s ran out in CI there.
-  budget=${GPU_CHECK_BUDGET_S:-420}
+  # iteration in the debug build on an AMD EPYC with AVX512-BF16): 170 s, and 90 s for the bf16
+  # run, ran out in CI there.
+  budget=${GPU_CHECK_BUDGET_S:-720}
+  bf16_s=(300 360)
   dev=cpu
   if [ -z "${SADAJEM_BIN:-}" ]; then
     # `make test` has built the debug binary; this is a no-op then.
@@ -76,6 +78,7 @@ if [ $dry = 1 ]; then
 else
   mode=gpu
   budget=${GPU_CHECK_BUDGET_S:-450}
+  bf16_s=(90 120)
   dev=cuda
   bin=${SADAJEM_BIN:-$root/target-cuda/bin/sadajem}
   torch_dir=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))') ||
@@ -330,8 +333,8 @@ step bench_bf16 150 "$wrn SADA-JEM iteration, ours vs PyTorch, bf16" step_bench 
 step eval 180 "eval of the fp32 run: $metrics" step_eval
 step nccl_one 90 "a world of one worker over $one_backend = the fp32 run, bitwise" step_nccl_one
 step gloo_two 90 "2 Gloo workers on one device ≈ 1 worker with twice the batch (≤ $two_tolerance)" step_gloo_two
-step train_bf16 90 "short sadajem-fashion run, bf16, deterministic" step_train bf16
-step resume_bf16 120 "killed at 2/3 and resumed = uninterrupted, bitwise (bf16)" step_resume bf16
+step train_bf16 "${bf16_s[0]}" "short sadajem-fashion run, bf16, deterministic" step_train bf16
+step resume_bf16 "${bf16_s[1]}" "killed at 2/3 and resumed = uninterrupted, bitwise (bf16)" step_resume bf16
 step default_fp32 90 "fp32 without deterministic mode vs with it (reported only)" step_default
 
 tar -czf "$out/runs.tar.gz" -C "$work" --exclude='*.safetensors' --exclude='*.png' --exclude='*.pth' --exclude=./cache . 2>>"$log"
