@@ -161,6 +161,154 @@ pub enum DataFormat {
     Folder,
 }
 
+/// A PGD threat model (`eval.pgd_norms`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgdNorm {
+    Linf,
+    L2,
+}
+
+impl PgdNorm {
+    /// The name in settings, records and file names: `linf`, `l2`.
+    pub fn key(self) -> &'static str {
+        match self {
+            PgdNorm::Linf => "linf",
+            PgdNorm::L2 => "l2",
+        }
+    }
+}
+
+impl std::fmt::Display for PgdNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PgdNorm::Linf => "Linf",
+            PgdNorm::L2 => "L2",
+        })
+    }
+}
+
+/// The samples an FID protocol scores (`eval.fid_protocols`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FidSamples {
+    /// The reference's: the replay buffer, the most confident 90 % / 10 % per predicted class
+    /// for FID / IS.
+    Buffer,
+    /// Fresh chains, unfiltered.
+    Fresh,
+}
+
+impl FidSamples {
+    /// The name in settings and records: `buffer`, `fresh`.
+    pub fn key(self) -> &'static str {
+        match self {
+            FidSamples::Buffer => "buffer",
+            FidSamples::Fresh => "fresh",
+        }
+    }
+}
+
+/// Which splits of a dataset are the FID reference (`eval.fid_reference`, `sadajem fid`'s
+/// `DIR:SPLIT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Splits {
+    Train,
+    Test,
+    TrainTest,
+}
+
+impl std::str::FromStr for Splits {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "train" => Ok(Splits::Train),
+            "test" => Ok(Splits::Test),
+            "train+test" => Ok(Splits::TrainTest),
+            _ => Err(format!("unknown split `{}`; expected train, test or train+test", echo(s))),
+        }
+    }
+}
+
+impl std::fmt::Display for Splits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Splits::Train => "train",
+            Splits::Test => "test",
+            Splits::TrainTest => "train+test",
+        })
+    }
+}
+
+/// Pixel noise of a whole image set, shaped like the images it stands beside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Noise {
+    /// U[−1, 1] per pixel.
+    Uniform,
+    /// N(0, 1) per pixel, clamped to [−1, 1].
+    Gaussian,
+}
+
+/// One set of `eval.ood_sets`: a named synthetic set, or a dataset directory. A name that is
+/// not `interp`, `uniform` or `gaussian` is a directory, and fails when evaluated if it is not one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum OodSource {
+    /// (x_i + x_j)/2 of random test-image pairs.
+    Interp,
+    Noise(Noise),
+    /// The test split of a dataset any reader supports.
+    Dataset(PathBuf),
+}
+
+impl std::str::FromStr for OodSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" => Err("an empty OOD set: expected interp, uniform, gaussian or a dataset directory".into()),
+            "interp" => Ok(OodSource::Interp),
+            "uniform" => Ok(OodSource::Noise(Noise::Uniform)),
+            "gaussian" => Ok(OodSource::Noise(Noise::Gaussian)),
+            dir => Ok(OodSource::Dataset(PathBuf::from(dir))),
+        }
+    }
+}
+
+impl std::fmt::Display for OodSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OodSource::Interp => f.write_str("interp"),
+            OodSource::Noise(Noise::Uniform) => f.write_str("uniform"),
+            OodSource::Noise(Noise::Gaussian) => f.write_str("gaussian"),
+            OodSource::Dataset(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// `serde(try_from = "String", into = "String")` for the settings parsed by `FromStr`.
+macro_rules! string_serde {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = String;
+
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    )*};
+}
+string_serde!(DeviceSpec, Splits, OodSource);
+
 /// Where the network runs: parsed once from `cpu`, `cuda` or `cuda:N`; `engine::parse_device`
 /// then checks that the GPU is really there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,20 +333,6 @@ impl std::str::FromStr for DeviceSpec {
                 None => Err(format!("device `{}`: expected `cpu`, `cuda` or `cuda:N`", echo(s))),
             },
         }
-    }
-}
-
-impl TryFrom<String> for DeviceSpec {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<DeviceSpec> for String {
-    fn from(d: DeviceSpec) -> String {
-        d.to_string()
     }
 }
 
@@ -478,13 +612,13 @@ pub struct EvalConfig {
     pub ece_bins: usize,
     /// OOD sets: `interp` ((x_i + x_j)/2 of test images), `uniform`, `gaussian`, or a dataset
     /// directory any reader supports (its test split; converted to the model's channels and size).
-    pub ood_sets: Vec<String>,
+    pub ood_sets: Vec<OodSource>,
     /// Images per OOD set, and in-distribution images they are compared with (0 = as many as
     /// the test images used).
     pub ood_n: usize,
     /// PGD: norms (`linf`, `l2`), radii per norm (/255), steps, L∞ step size (/255; L2 steps are
     /// 2.5·eps/steps), random start, test images attacked.
-    pub pgd_norms: Vec<String>,
+    pub pgd_norms: Vec<PgdNorm>,
     pub pgd_linf_eps: Vec<f64>,
     pub pgd_l2_eps: Vec<f64>,
     pub pgd_steps: usize,
@@ -512,7 +646,7 @@ pub struct EvalConfig {
     pub fid_precision: Precision,
     /// `buffer` (the reference's: replay buffer, the most confident 90 % / 10 % per predicted
     /// class for FID / IS) and/or `fresh` (unfiltered fresh chains).
-    pub fid_protocols: Vec<String>,
+    pub fid_protocols: Vec<FidSamples>,
     /// Fresh-chain samples scored.
     pub fid_n: usize,
     /// Replay-buffer entries the `buffer` protocol starts from (0 = the whole buffer, as the
@@ -520,7 +654,7 @@ pub struct EvalConfig {
     pub fid_buffer_n: usize,
     /// Reference images: `train`, `test` or `train+test` of the run's dataset, the first N
     /// of them (0 = all).
-    pub fid_reference: String,
+    pub fid_reference: Splits,
     pub fid_reference_n: usize,
     pub kid_subsets: usize,
     pub kid_subset_size: usize,
@@ -544,9 +678,9 @@ impl Default for EvalConfig {
             refine_step_size: 1.0,
             refine_noise: 0.01,
             ece_bins: 20,
-            ood_sets: vec!["interp".into(), "uniform".into(), "gaussian".into()],
+            ood_sets: vec![OodSource::Interp, OodSource::Noise(Noise::Uniform), OodSource::Noise(Noise::Gaussian)],
             ood_n: 0,
-            pgd_norms: vec!["linf".into(), "l2".into()],
+            pgd_norms: vec![PgdNorm::Linf, PgdNorm::L2],
             pgd_linf_eps: vec![1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 22.0, 30.0],
             pgd_l2_eps: vec![50.0, 100.0, 150.0, 200.0, 250.0, 300.0],
             pgd_steps: 50,
@@ -562,10 +696,10 @@ impl Default for EvalConfig {
             gen_per_class: 10,
             inception: PathBuf::new(),
             fid_precision: Precision::Fp32,
-            fid_protocols: vec!["buffer".into(), "fresh".into()],
+            fid_protocols: vec![FidSamples::Buffer, FidSamples::Fresh],
             fid_n: 10_000,
             fid_buffer_n: 0,
-            fid_reference: "train+test".into(),
+            fid_reference: Splits::TrainTest,
             fid_reference_n: 0,
             kid_subsets: 100,
             kid_subset_size: 1000,
@@ -854,12 +988,6 @@ impl EvalConfig {
             check(v >= 0.0, key, v, "expected ≥ 0")?;
         }
         check(
-            e.pgd_norms.iter().all(|n| n == "linf" || n == "l2"),
-            "eval.pgd_norms",
-            format!("{:?}", e.pgd_norms),
-            "expected a list of `linf` and/or `l2`",
-        )?;
-        check(
             e.pgd_linf_eps.iter().chain(&e.pgd_l2_eps).all(|v| *v >= 0.0 && v.is_finite()),
             "eval.pgd_linf_eps / eval.pgd_l2_eps",
             format!("{:?} / {:?}", e.pgd_linf_eps, e.pgd_l2_eps),
@@ -868,18 +996,6 @@ impl EvalConfig {
         check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "expected ≥ 1")?;
         check(e.pgd_n >= 1, "eval.pgd_n", e.pgd_n, "expected ≥ 1")?;
         check(e.gen_n >= 1 && e.gen_per_class >= 1, "eval.gen_n / eval.gen_per_class", format!("{} / {}", e.gen_n, e.gen_per_class), "expected ≥ 1")?;
-        check(
-            e.fid_protocols.iter().all(|p| p == "buffer" || p == "fresh"),
-            "eval.fid_protocols",
-            format!("{:?}", e.fid_protocols),
-            "expected a list of `buffer` and/or `fresh`",
-        )?;
-        check(
-            ["train", "test", "train+test"].contains(&e.fid_reference.as_str()),
-            "eval.fid_reference",
-            &e.fid_reference,
-            "expected train, test or train+test",
-        )?;
         check(e.fid_n >= 2, "eval.fid_n", e.fid_n, "expected ≥ 2")?;
         check(
             e.kid_subsets >= 1 && e.kid_subset_size >= 2,
@@ -1037,6 +1153,34 @@ mod tests {
         let e = with(&["optim.lr=fast"]).unwrap_err().to_string();
         assert!(e.contains("optim.lr") && e.contains("fast"), "{e}");
         assert!(with(&["nokey"]).unwrap_err().to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn eval_choices_are_typed_and_a_typo_names_the_values() {
+        let c = with(&[
+            "eval.pgd_norms=[\"l2\"]",
+            "eval.fid_protocols=[\"fresh\"]",
+            "eval.fid_reference=\"train+test\"",
+            "eval.ood_sets=[\"interp\", \"gaussian\", \"data/mnist\"]",
+        ])
+        .unwrap();
+        assert_eq!((c.eval.pgd_norms, c.eval.fid_protocols, c.eval.fid_reference), (vec![PgdNorm::L2], vec![FidSamples::Fresh], Splits::TrainTest));
+        assert_eq!(c.eval.ood_sets, [OodSource::Interp, OodSource::Noise(Noise::Gaussian), OodSource::Dataset("data/mnist".into())]);
+        let e = with(&["eval.pgd_norms=[\"linfinity\"]"]).unwrap_err().to_string();
+        assert!(e.contains("eval.pgd_norms") && e.contains("linfinity") && e.contains("l2"), "{e}");
+        let e = with(&["eval.fid_protocols=[\"buffers\"]"]).unwrap_err().to_string();
+        assert!(e.contains("eval.fid_protocols") && e.contains("fresh"), "{e}");
+        let e = with(&["eval.fid_reference=\"valid\""]).unwrap_err().to_string();
+        assert!(e.contains("eval.fid_reference") && e.contains("train+test"), "{e}");
+        let e = with(&["eval.ood_sets=[\"\"]"]).unwrap_err().to_string();
+        assert!(e.contains("eval.ood_sets") && e.contains("interp, uniform, gaussian"), "{e}");
+        // Written as the same strings, and read back.
+        let c = with(&["eval.ood_sets=[\"uniform\", \"d/x\"]", "eval.fid_reference=\"train+test\""]).unwrap();
+        let toml = c.to_toml();
+        assert!(toml.contains("\"uniform\",\n    \"d/x\",") && toml.contains(r#"fid_reference = "train+test""#), "{toml}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), toml).unwrap();
+        assert_eq!(Config::load(&dir.path().join("config.toml")).unwrap(), c);
     }
 
     #[test]

@@ -540,7 +540,8 @@ fn check_out(out: &Path, file: &Path, sha256: &str) -> Result<()> {
     if entries.next().is_none() {
         return Ok(());
     }
-    let earlier = crate::run::read_untrusted(&out.join("imported.json"), SMALL_JSON, false)
+    let existing = RunDir { root: out.to_path_buf() };
+    let earlier = crate::run::read_untrusted(&existing.imported(), SMALL_JSON, false)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v["source"]["sha256"].as_str().map(str::to_owned));
@@ -551,7 +552,7 @@ fn check_out(out: &Path, file: &Path, sha256: &str) -> Result<()> {
             file.display()
         );
     }
-    if out.join("config.toml").exists() {
+    if existing.config().exists() {
         bail!("{shown}: already holds a run; continue it with `sadajem train --resume {shown}` or choose another --out");
     }
     bail!("--out {shown}: not empty, and not an earlier import of {}; nothing was written: choose a new or empty directory", file.display())
@@ -837,7 +838,7 @@ pub fn export(opts: &ExportOptions) -> Result<(PathBuf, PathBuf)> {
         Some(p) => p.to_path_buf(),
         None => {
             let stem = ckpt.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
-            run.export_dir().join(format!("{stem}.{ext}"))
+            run.export_file(&stem, ext)
         }
     };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

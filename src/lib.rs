@@ -9,10 +9,10 @@
 //! - [`store`]: atomic writes, the checkpoint file format, and `torch.save` files without Python
 //!   ([`store::pickle`]: their tensors read within a memory budget whatever the file claims,
 //!   nested dicts of tensors written).
-//! - [`records`]: the typed lines of `metrics.jsonl`, `final.json` and the `eval/*.json` records
-//!   that the writers and every reader share.
 //! - [`run`]: the run directory — every path in it, checkpoint resolution, the metric names.
 //! - [`config`]: typed settings, presets (`configs/`), `--set key=value`, validation per section.
+//! - [`records`]: the typed lines of `metrics.jsonl`, `final.json` and the `eval/*.json` records
+//!   that the writers and every reader share.
 //! - [`engine`], [`shim`]: device, threads, seeding, bf16 autocast, channels_last — the only
 //!   places that set libtorch globals — and the Rust side of `csrc/` (what tch lacks).
 //! - [`data`]: readers (IDX, CIFAR, SVHN, image folders) → u8 images; the seeded validation

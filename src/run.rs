@@ -301,6 +301,10 @@ impl RunDir {
     pub fn export_dir(&self) -> PathBuf {
         self.root.join("export")
     }
+    /// The default file `sadajem export` writes a checkpoint named `stem` to.
+    pub fn export_file(&self, stem: &str, ext: &str) -> PathBuf {
+        self.export_dir().join(format!("{stem}.{ext}"))
+    }
     /// `final.json`: the test accuracies and training time of a finished run.
     pub fn final_results(&self) -> PathBuf {
         self.root.join("final.json")

@@ -84,6 +84,17 @@ pub enum Split {
     Test,
 }
 
+impl Split {
+    /// The splits `splits` names, in the order they are read.
+    pub fn all_of(splits: crate::config::Splits) -> &'static [Split] {
+        match splits {
+            crate::config::Splits::Train => &[Split::Train],
+            crate::config::Splits::Test => &[Split::Test],
+            crate::config::Splits::TrainTest => &[Split::Train, Split::Test],
+        }
+    }
+}
+
 impl fmt::Display for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

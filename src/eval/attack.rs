@@ -1,27 +1,12 @@
 //! Adversarial robustness: projected gradient descent (Madry et al. 2018) under L∞ and L2,
 //! against any differentiable classifier — including one that purifies its input with SGLD
 //! first, attacked end to end through the purification.
+use crate::config::PgdNorm;
 use tch::{Kind, Reduction, Tensor};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Norm {
-    Linf,
-    L2,
-}
-
-impl std::fmt::Display for Norm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Norm::Linf => "Linf",
-            Norm::L2 => "L2",
-        })
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Pgd {
-    pub norm: Norm,
+    pub norm: PgdNorm,
     /// Radius, in the [−1, 1] pixel units the network sees.
     pub eps: f64,
     pub steps: usize,
@@ -39,10 +24,10 @@ fn sample_norms(x: &Tensor) -> Tensor {
 }
 
 /// Projects the perturbation `delta` onto the eps-ball of the norm.
-fn project(delta: &Tensor, norm: Norm, eps: f64) -> Tensor {
+fn project(delta: &Tensor, norm: PgdNorm, eps: f64) -> Tensor {
     match norm {
-        Norm::Linf => delta.clamp(-eps, eps),
-        Norm::L2 => delta * (eps / (sample_norms(delta) + 1e-12)).clamp_max(1.0),
+        PgdNorm::Linf => delta.clamp(-eps, eps),
+        PgdNorm::L2 => delta * (eps / (sample_norms(delta) + 1e-12)).clamp_max(1.0),
     }
 }
 
@@ -71,8 +56,8 @@ pub fn pgd(classify: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor, p: &Pgd
     let mut never_broken = right(&tch::no_grad(|| classify(&x)));
     let mut adv = if p.random_start && p.eps > 0.0 {
         let delta = match p.norm {
-            Norm::Linf => x.rand_like() * (2.0 * p.eps) - p.eps,
-            Norm::L2 => {
+            PgdNorm::Linf => x.rand_like() * (2.0 * p.eps) - p.eps,
+            PgdNorm::L2 => {
                 let dir = x.randn_like();
                 let radius = Tensor::rand([x.size()[0]], (Kind::Float, x.device())) * p.eps;
                 let shape: Vec<i64> = std::iter::once(x.size()[0]).chain(std::iter::repeat_n(1, x.dim() - 1)).collect();
@@ -90,8 +75,8 @@ pub fn pgd(classify: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor, p: &Pgd
         let loss = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Sum, -100, 0.0);
         let g = Tensor::run_backward(&[loss], &[&a], false, false).pop().expect("one input gradient");
         let step = match p.norm {
-            Norm::Linf => g.sign() * p.step_size,
-            Norm::L2 => &g / (sample_norms(&g) + 1e-12) * p.step_size,
+            PgdNorm::Linf => g.sign() * p.step_size,
+            PgdNorm::L2 => &g / (sample_norms(&g) + 1e-12) * p.step_size,
         };
         let moved = a.detach() + step;
         adv = (&x + project(&(moved - &x), p.norm, p.eps)).clamp(-1.0, 1.0);
@@ -160,13 +145,13 @@ mod tests {
         let d0 = w.get(1) - w.get(0); // ascent direction for class 0
         let d = Tensor::stack(&[d0.shallow_clone(), -&d0], 0);
         let eps = 0.2;
-        for norm in [Norm::Linf, Norm::L2] {
+        for norm in [PgdNorm::Linf, PgdNorm::L2] {
             // L2's projection shrinks the random start's off-direction part by ~0.8 per step.
             let p = Pgd { norm, eps, steps: 100, step_size: 0.05, random_start: true };
             let adv = pgd(&f, &x, &y, &p).adv;
             let expected = match norm {
-                Norm::Linf => &x + d.sign() * eps,
-                Norm::L2 => &x + &d / sample_norms(&d) * eps,
+                PgdNorm::Linf => &x + d.sign() * eps,
+                PgdNorm::L2 => &x + &d / sample_norms(&d) * eps,
             };
             let err = (&adv - &expected).abs().max().double_value(&[]);
             assert!(err < 1e-5, "{norm}: max deviation from the closed form {err}");
@@ -183,7 +168,7 @@ mod tests {
         let d = w.get(1) - w.get(0);
         let margin = (logits.select(1, 0) - logits.select(1, 1)).abs();
         let _ = b;
-        for (norm, dual) in [(Norm::Linf, d.abs().sum(Kind::Float)), (Norm::L2, d.norm())] {
+        for (norm, dual) in [(PgdNorm::Linf, d.abs().sum(Kind::Float)), (PgdNorm::L2, d.norm())] {
             let eps = 0.1;
             let p = Pgd { norm, eps, steps: 10, step_size: 0.05, random_start: false };
             let attacked = pgd(&f, &x, &y, &p);
@@ -197,7 +182,7 @@ mod tests {
         }
         // An image misclassified before the attack counts as broken, whatever the iterates do.
         let wrong = (&y + 1).remainder(2);
-        let attacked = pgd(&f, &x, &wrong, &Pgd { norm: Norm::Linf, eps: 0.0, steps: 0, step_size: 0.0, random_start: false });
+        let attacked = pgd(&f, &x, &wrong, &Pgd { norm: PgdNorm::Linf, eps: 0.0, steps: 0, step_size: 0.0, random_start: false });
         assert_eq!(fraction(&attacked.never_broken), 0.0);
     }
 
@@ -214,7 +199,7 @@ mod tests {
         };
         let x = Tensor::zeros([1, 1, 1, 1], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64]);
-        let attacked = pgd(&f, &x, &y, &Pgd { norm: Norm::Linf, eps: 1.0, steps: 4, step_size: 0.1, random_start: false });
+        let attacked = pgd(&f, &x, &y, &Pgd { norm: PgdNorm::Linf, eps: 1.0, steps: 4, step_size: 0.1, random_start: false });
         assert!((attacked.adv.double_value(&[0, 0, 0, 0]) - 0.2).abs() < 1e-6, "{}", attacked.adv);
         assert_eq!(fraction(&attacked.final_correct), 1.0);
         assert_eq!(fraction(&attacked.never_broken), 0.0);
@@ -225,13 +210,13 @@ mod tests {
         let (_, _, f) = linear();
         let x = Tensor::from_slice(&[0.95f32, -0.95, 1.0, -1.0]).view([1, 4]);
         let y = Tensor::from_slice(&[1i64]);
-        for norm in [Norm::Linf, Norm::L2] {
+        for norm in [PgdNorm::Linf, PgdNorm::L2] {
             let adv = pgd(&f, &x, &y, &Pgd { norm, eps: 0.3, steps: 5, step_size: 0.2, random_start: true }).adv;
             assert!(adv.max().double_value(&[]) <= 1.0 && adv.min().double_value(&[]) >= -1.0);
             let delta = &adv - &x;
             let size = match norm {
-                Norm::Linf => delta.abs().max().double_value(&[]),
-                Norm::L2 => delta.norm().double_value(&[]),
+                PgdNorm::Linf => delta.abs().max().double_value(&[]),
+                PgdNorm::L2 => delta.norm().double_value(&[]),
             };
             assert!(size <= 0.3 + 1e-6, "{norm}: {size}");
         }

@@ -2,7 +2,9 @@
 //! batches, and the statistics of real image sets cached on disk, keyed by the pixels
 //! themselves, so each dataset split is passed through the (slow) network once.
 use super::{fid, inception::Inception};
+use crate::config::{Noise, Splits};
 use crate::data::{augment, augment::Augment, ImageSet};
+use crate::records::eval::FidComparison;
 use crate::store::checkpoint;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,10 +89,10 @@ impl Stats {
     }
 
     /// FID and KID (mean, std) of `self` against `reference`.
-    pub fn compare(&self, reference: &Stats, kid_subsets: usize, kid_subset_size: usize, seed: u64) -> Value {
+    pub fn compare(&self, reference: &Stats, kid_subsets: usize, kid_subset_size: usize, seed: u64) -> FidComparison {
         let d = fid::frechet_distance(&self.mu, &self.cov, &reference.mu, &reference.cov);
         let (kid, kid_std) = fid::kid(&self.kid_features, &reference.kid_features, kid_subsets, kid_subset_size, seed);
-        json!({"fid": d, "kid": kid, "kid_std": kid_std, "n": self.n, "n_reference": reference.n})
+        FidComparison { fid: d, kid, kid_std, n: self.n, n_reference: reference.n }
     }
 }
 
@@ -190,26 +192,21 @@ impl Fnv {
 /// the other side).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ImageSpec {
-    Data { dir: PathBuf, splits: Vec<crate::data::Split>, n: usize },
-    Noise { kind: String, n: usize },
+    Data { dir: PathBuf, splits: Splits, n: usize },
+    Noise { kind: Noise, n: usize },
 }
 
 impl std::str::FromStr for ImageSpec {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        use crate::data::Split;
         let parts: Vec<&str> = s.split(':').collect();
         let count =
             |t: &str| -> Result<usize> { t.parse().ok().filter(|&n| n >= 2).with_context(|| format!("`{s}`: `{t}` is not an image count ≥ 2")) };
         match parts.as_slice() {
-            [kind @ ("uniform" | "gaussian"), n] => Ok(ImageSpec::Noise { kind: kind.to_string(), n: count(n)? }),
+            ["uniform", n] => Ok(ImageSpec::Noise { kind: Noise::Uniform, n: count(n)? }),
+            ["gaussian", n] => Ok(ImageSpec::Noise { kind: Noise::Gaussian, n: count(n)? }),
             [dir, rest @ ..] if rest.len() <= 2 => {
-                let splits = match rest.first().copied().unwrap_or("test") {
-                    "train" => vec![Split::Train],
-                    "test" => vec![Split::Test],
-                    "train+test" => vec![Split::Train, Split::Test],
-                    other => bail!("`{s}`: unknown split `{other}`; expected train, test or train+test"),
-                };
+                let splits = rest.first().copied().unwrap_or("test").parse::<Splits>().map_err(|e| anyhow::anyhow!("`{s}`: {e}"))?;
                 let n = rest.get(1).map(|t| count(t)).transpose()?.unwrap_or(0);
                 Ok(ImageSpec::Data { dir: PathBuf::from(dir), splits, n })
             }
@@ -229,14 +226,15 @@ pub fn compare_specs(
     opts: crate::data::FolderOptions,
     kid: (usize, usize),
     seed: u64,
-) -> Result<Value> {
+) -> Result<FidComparison> {
     let net = Inception::load(network, Device::Cpu, precision)?;
     crate::engine::seed_torch(seed);
     let stats_of = |spec: &ImageSpec, shape: Option<[i64; 3]>, what: &str| -> Result<(Stats, [i64; 3])> {
         match spec {
             ImageSpec::Data { dir, splits, n } => {
                 let format = crate::data::detect_format(dir)?;
-                let sets: Vec<ImageSet> = splits.iter().map(|&sp| crate::data::load(dir, format, sp, opts)).collect::<Result<_, _>>()?;
+                let sets: Vec<ImageSet> =
+                    crate::data::Split::all_of(*splits).iter().map(|&sp| crate::data::load(dir, format, sp, opts)).collect::<Result<_, _>>()?;
                 let refs: Vec<&ImageSet> = sets.iter().collect();
                 let total: usize = sets.iter().map(|s| s.n).sum();
                 let n = if *n == 0 { total } else { (*n).min(total) };
@@ -245,11 +243,7 @@ pub fn compare_specs(
             }
             ImageSpec::Noise { kind, n } => {
                 let [c, h, w] = shape.context("noise needs a dataset on the other side for its image shape")?;
-                let opts = (Kind::Float, Device::Cpu);
-                let x = match kind.as_str() {
-                    "uniform" => Tensor::rand([*n as i64, c, h, w], opts) * 2.0 - 1.0,
-                    _ => Tensor::randn([*n as i64, c, h, w], opts).clamp(-1.0, 1.0),
-                };
+                let x = super::ood::noise(*kind, [*n as i64, c, h, w]);
                 let (pool, _) = features(&net, &x, what)?;
                 Ok((Stats::of(&pool, kid.1), [c, h, w]))
             }
@@ -263,17 +257,16 @@ pub fn compare_specs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Split;
 
     #[test]
     fn image_specs_parse_and_bad_ones_are_explained() {
         let s: ImageSpec = "data/fashion-mnist:train:10000".parse().unwrap();
-        assert_eq!(s, ImageSpec::Data { dir: "data/fashion-mnist".into(), splits: vec![Split::Train], n: 10000 });
+        assert_eq!(s, ImageSpec::Data { dir: "data/fashion-mnist".into(), splits: Splits::Train, n: 10000 });
         let s: ImageSpec = "data/mnist".parse().unwrap();
-        assert_eq!(s, ImageSpec::Data { dir: "data/mnist".into(), splits: vec![Split::Test], n: 0 });
+        assert_eq!(s, ImageSpec::Data { dir: "data/mnist".into(), splits: Splits::Test, n: 0 });
         let s: ImageSpec = "d:train+test".parse().unwrap();
-        assert_eq!(s, ImageSpec::Data { dir: "d".into(), splits: vec![Split::Train, Split::Test], n: 0 });
-        assert_eq!("uniform:500".parse::<ImageSpec>().unwrap(), ImageSpec::Noise { kind: "uniform".into(), n: 500 });
+        assert_eq!(s, ImageSpec::Data { dir: "d".into(), splits: Splits::TrainTest, n: 0 });
+        assert_eq!("uniform:500".parse::<ImageSpec>().unwrap(), ImageSpec::Noise { kind: Noise::Uniform, n: 500 });
         let e = "d:valid".parse::<ImageSpec>().unwrap_err().to_string();
         assert!(e.contains("unknown split `valid`"), "{e}");
         let e = "uniform:x".parse::<ImageSpec>().unwrap_err().to_string();

@@ -5,6 +5,7 @@
 use super::evaluate::{to_vec, Evaluation};
 use super::feature_stats::{self, bar, Stats};
 use super::inception::Inception;
+use crate::config::FidSamples;
 use crate::data::{split, ImageSet, Split};
 use crate::records::eval::{FidNetwork, FidProtocol, FidRecord, FidReference, FidSettings};
 use anyhow::Result;
@@ -137,12 +138,12 @@ impl Evaluation<'_> {
         let (reference, reference_about) = self.fid_reference(&net, &path)?;
         let mut protocols = BTreeMap::new();
         let mut summary = vec![];
-        for protocol in &e.fid_protocols {
+        for &protocol in &e.fid_protocols {
             let result = match self.fid_samples(protocol)? {
-                Some(samples) => self.fid_protocol(protocol, samples, &net, &reference, &mut summary)?,
+                Some(samples) => self.fid_protocol(protocol.key(), samples, &net, &reference, &mut summary)?,
                 None => FidProtocol::skipped("the checkpoint has no replay buffer (a softmax run)"),
             };
-            protocols.insert(protocol.clone(), result);
+            protocols.insert(protocol.key().to_string(), result);
         }
         let record = FidRecord {
             protocols,
@@ -151,14 +152,14 @@ impl Evaluation<'_> {
                 file: path.display().to_string(),
                 source: format!("{:?}", net.source()),
                 inception_score: net.has_logits(),
-                precision: format!("{:?}", net.precision()).to_lowercase(),
+                precision: Some(net.precision()),
             },
             protocol: PROTOCOL.into(),
             settings: FidSettings {
                 fid_protocols: e.fid_protocols.clone(),
                 fid_n: e.fid_n,
                 fid_buffer_n: e.fid_buffer_n,
-                fid_reference: e.fid_reference.clone(),
+                fid_reference: e.fid_reference,
                 fid_reference_n: e.fid_reference_n,
                 kid_subsets: e.kid_subsets,
                 kid_subset_size: e.kid_subset_size,
@@ -185,18 +186,18 @@ impl Evaluation<'_> {
         let (reference, cache_file) = feature_stats::dataset_stats(net, path, &refs, n_ref, e.kid_subset_size, &cache, "reference")?;
         let about = FidReference {
             dataset: self.cfg.data.dir.display().to_string(),
-            split: e.fid_reference.clone(),
+            split: e.fid_reference,
             n: n_ref,
             cache: cache_file.display().to_string(),
         };
         Ok((reference, about))
     }
 
-    /// The samples of `protocol`: `fresh` chains, or (any other name) the replay buffer's most
-    /// confident; None for the buffer of a checkpoint without one.
-    fn fid_samples(&self, protocol: &str) -> Result<Option<Samples>> {
+    /// The samples of `protocol`: fresh chains, or the replay buffer's most confident; None for
+    /// the buffer of a checkpoint without one.
+    fn fid_samples(&self, protocol: FidSamples) -> Result<Option<Samples>> {
         let e = &self.cfg.eval;
-        if protocol == "fresh" {
+        if protocol == FidSamples::Fresh {
             let init = self.gen_init()?;
             let progress = bar(e.fid_n, "chains");
             let x = self.sample(&init, e.fid_n, None, &progress);
@@ -289,14 +290,9 @@ impl Evaluation<'_> {
 
     /// The whole splits `eval.fid_reference` names (ignoring `data.max_*`).
     fn reference_sets(&self) -> Result<Vec<ImageSet>> {
-        let splits: &[Split] = match self.cfg.eval.fid_reference.as_str() {
-            "train" => &[Split::Train],
-            "test" => &[Split::Test],
-            _ => &[Split::Train, Split::Test],
-        };
         let mut cfg = self.cfg.clone();
         (cfg.data.max_train, cfg.data.max_test) = (0, 0);
-        splits.iter().map(|&split| split::load_split(&cfg, split)).collect()
+        Split::all_of(self.cfg.eval.fid_reference).iter().map(|&split| split::load_split(&cfg, split)).collect()
     }
 }
 
@@ -402,9 +398,9 @@ mod tests {
         assert_eq!(top90.size()[0] as usize, per_class.iter().map(|&k| (k as f64 * 0.9) as usize).sum::<usize>());
         assert_eq!(top10.size()[0] as usize, per_class.iter().map(|&k| (k as f64 * 0.1) as usize).sum::<usize>());
         // No buffer: the buffer protocol has no samples (and is skipped), without touching FID.
-        assert!(ev.fid_samples("buffer").unwrap().is_none());
+        assert!(ev.fid_samples(FidSamples::Buffer).unwrap().is_none());
         ev.buffer = Some(buffer);
-        let (parts, about) = ev.fid_samples("buffer").unwrap().unwrap();
+        let (parts, about) = ev.fid_samples(FidSamples::Buffer).unwrap().unwrap();
         assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), ["fid", "is"]);
         assert!(about.starts_with("replay buffer of 40: "), "{about}");
     }

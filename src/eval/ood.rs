@@ -5,6 +5,7 @@
 //! images against each set of `eval.ood_sets`.
 use super::evaluate::{to_vec, Evaluation};
 use super::feature_stats::bar;
+use crate::config::{Noise, OodSource};
 use crate::data::{self, FolderOptions, Split};
 use crate::model::{energy, Mode};
 use crate::records::eval::{OodRecord, OodScore, OodScoreAbout, OodSet, OodSettings};
@@ -84,6 +85,16 @@ fn norms(x: &Tensor) -> Tensor {
     x.flatten(1, -1).norm_scalaropt_dim(2.0, [1], false)
 }
 
+/// `kind` noise of `shape`, in the network's [−1, 1] pixel range (OOD sets, `sadajem fid`'s
+/// noise side).
+pub fn noise(kind: Noise, shape: [i64; 4]) -> Tensor {
+    let cpu = (Kind::Float, Device::Cpu);
+    match kind {
+        Noise::Uniform => Tensor::rand(shape, cpu) * 2.0 - 1.0,
+        Noise::Gaussian => Tensor::randn(shape, cpu).clamp(-1.0, 1.0),
+    }
+}
+
 impl Evaluation<'_> {
     /// The three OOD scores of every image of `x` (higher = more in-distribution):
     /// LSE(f(x)) = log p(x) + log Z, max p(y|x), and −‖∇x LSE(f(x))‖ of each sample.
@@ -106,36 +117,41 @@ impl Evaluation<'_> {
         out
     }
 
-    /// An OOD set of `n` images shaped like the test images: `interp`, `uniform`, `gaussian`
-    /// or a dataset directory. Returns its name, its images and what it is.
-    fn ood_set(&self, name: &str, n: usize, rng: &mut ChaCha8Rng) -> Result<(String, Tensor, String)> {
+    /// An OOD set of `n` images shaped like the test images. Returns its name, its images and
+    /// what it is.
+    fn ood_set(&self, source: &OodSource, n: usize, rng: &mut ChaCha8Rng) -> Result<(String, Tensor, String)> {
         let t = &self.test;
         let shape = [n as i64, t.channels as i64, t.height as i64, t.width as i64];
-        let cpu = (Kind::Float, Device::Cpu);
-        Ok(match name {
-            "interp" => {
+        Ok(match source {
+            OodSource::Interp => {
                 let mut a = self.test_idx.clone();
                 a.shuffle(rng);
                 let mut b = a.clone();
                 b.shuffle(rng);
                 let (xa, _) = Self::images(t, &a[..n]);
                 let (xb, _) = Self::images(t, &b[..n]);
-                ("interp".into(), (xa + xb) / 2.0, "(x_i + x_j)/2 of random test-image pairs".into())
+                (source.to_string(), (xa + xb) / 2.0, "(x_i + x_j)/2 of random test-image pairs".into())
             }
-            "uniform" => ("uniform".into(), Tensor::rand(shape, cpu) * 2.0 - 1.0, "U[-1, 1] per pixel".into()),
-            "gaussian" => ("gaussian".into(), Tensor::randn(shape, cpu).clamp(-1.0, 1.0), "N(0, 1) per pixel, clamped to [-1, 1]".into()),
-            dir => self.ood_dataset(dir, n)?,
+            OodSource::Noise(kind) => {
+                let about = match kind {
+                    Noise::Uniform => "U[-1, 1] per pixel",
+                    Noise::Gaussian => "N(0, 1) per pixel, clamped to [-1, 1]",
+                };
+                (source.to_string(), noise(*kind, shape), about.into())
+            }
+            OodSource::Dataset(dir) => self.ood_dataset(dir, n)?,
         })
     }
 
     /// The first `n` test images of the dataset in `dir`, converted to the test images'
     /// channels and size.
-    fn ood_dataset(&self, dir: &str, n: usize) -> Result<(String, Tensor, String)> {
+    fn ood_dataset(&self, path: &Path, n: usize) -> Result<(String, Tensor, String)> {
         let t = &self.test;
-        let path = Path::new(dir);
-        let format = data::detect_format(path).with_context(|| format!("eval.ood_sets entry `{dir}`"))?;
+        let dir = path.display();
+        let entry = || format!("eval.ood_sets entry `{dir}` (not interp, uniform or gaussian, so a dataset directory)");
+        let format = data::detect_format(path).with_context(entry)?;
         let opts = FolderOptions { channels: t.channels, size: t.height };
-        let set = data::load(path, format, Split::Test, opts).with_context(|| format!("eval.ood_sets entry `{dir}`"))?;
+        let set = data::load(path, format, Split::Test, opts).with_context(entry)?;
         let take = n.min(set.n);
         let (x, _) = Self::images(&set, &(0..take).collect::<Vec<_>>());
         let x = match (set.channels, t.channels) {
@@ -169,8 +185,8 @@ impl Evaluation<'_> {
         let mut sets = BTreeMap::new();
         let mut plots_written = vec![];
         let mut summary = vec![];
-        for name in &e.ood_sets {
-            let (set_name, x_out, about) = self.ood_set(name, n, &mut rng)?;
+        for source in &e.ood_sets {
+            let (set_name, x_out, about) = self.ood_set(source, n, &mut rng)?;
             let scores_out = self.ood_scores(&x_out, &set_name);
             let mut per_score = BTreeMap::new();
             for (k, (key, label)) in SCORES.iter().enumerate() {
@@ -243,7 +259,7 @@ mod tests {
     #[test]
     fn the_driver_scores_every_set_and_refuses_unknown_or_no_sets() {
         let mut cfg = crate::eval::evaluate::tiny::config();
-        cfg.eval.ood_sets = vec!["interp".into(), "uniform".into(), "gaussian".into()];
+        cfg.eval.ood_sets = vec![OodSource::Interp, OodSource::Noise(Noise::Uniform), OodSource::Noise(Noise::Gaussian)];
         cfg.eval.ood_n = 12;
         let dir = tempfile::tempdir().unwrap();
         let ev = crate::eval::evaluate::tiny::evaluation(&cfg, dir.path(), 20);
@@ -261,7 +277,7 @@ mod tests {
         assert!(r.plots.iter().all(|p| ev.out.join(p).exists()));
         assert!(summary.starts_with("AUROC log p(x): "), "{summary}");
 
-        cfg.eval.ood_sets = vec![dir.path().join("no-such-dataset").display().to_string()];
+        cfg.eval.ood_sets = vec![OodSource::Dataset(dir.path().join("no-such-dataset"))];
         let ev = crate::eval::evaluate::tiny::evaluation(&cfg, dir.path(), 20);
         let e = format!("{:#}", ev.ood().unwrap_err());
         assert!(e.contains("eval.ood_sets entry") && e.contains("no-such-dataset"), "{e}");

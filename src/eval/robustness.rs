@@ -1,8 +1,9 @@
 //! `eval`'s robustness driver: robust accuracy under L∞ and L2 PGD ([`super::attack`]) at each
 //! radius of `eval.pgd_*_eps`, optionally through SGLD purification, with a curve per norm.
-use super::attack::{self, Norm, Pgd};
+use super::attack::{self, Pgd};
 use super::evaluate::Evaluation;
 use super::feature_stats::bar;
+use crate::config::PgdNorm;
 use crate::model::Mode;
 use crate::records::eval::{RobustnessPoint, RobustnessRecord, RobustnessSettings};
 use crate::report::plots;
@@ -21,13 +22,12 @@ impl Evaluation<'_> {
         let mut norms = BTreeMap::new();
         let mut plots_written = vec![];
         let mut summary = vec![];
-        for norm_name in &e.pgd_norms {
-            let (points, file) = self.robustness_norm(norm_name, n)?;
+        for &norm in &e.pgd_norms {
+            let (points, file) = self.robustness_norm(norm, n)?;
             let shown = points.iter().filter(|p| p.eps > 0.0).take(2);
-            let norm = if norm_name == "linf" { Norm::Linf } else { Norm::L2 };
             summary.extend(shown.map(|p| format!("{norm} {}/255 {:.1}%", p.eps, 100.0 * p.accuracy)));
             plots_written.push(file);
-            norms.insert(norm_name.clone(), points);
+            norms.insert(norm.key().to_string(), points);
         }
         let record = RobustnessRecord {
             norms,
@@ -49,13 +49,13 @@ impl Evaluation<'_> {
         Ok((record, summary.join(", ")))
     }
 
-    /// The points of norm `norm_name` (`linf`, else L2) at each of its radii, eps 0 added, on the
-    /// first `n` test images, and the curve's plot file.
-    fn robustness_norm(&self, norm_name: &str, n: usize) -> Result<(Vec<RobustnessPoint>, String)> {
+    /// The points of `norm` at each of its radii, eps 0 added, on the first `n` test images,
+    /// and the curve's plot file.
+    fn robustness_norm(&self, norm: PgdNorm, n: usize) -> Result<(Vec<RobustnessPoint>, String)> {
         let e = &self.cfg.eval;
-        let (norm, radii) = match norm_name {
-            "linf" => (Norm::Linf, &e.pgd_linf_eps),
-            _ => (Norm::L2, &e.pgd_l2_eps),
+        let radii = match norm {
+            PgdNorm::Linf => &e.pgd_linf_eps,
+            PgdNorm::L2 => &e.pgd_l2_eps,
         };
         let mut radii: Vec<f64> = radii.clone();
         if !radii.contains(&0.0) {
@@ -65,7 +65,7 @@ impl Evaluation<'_> {
         let progress = bar(radii.len() * batches, &format!("PGD {norm}"));
         let points: Vec<RobustnessPoint> = radii.iter().map(|&eps| self.robust_point(norm, eps, n, &|| progress.inc(1))).collect();
         progress.finish_and_clear();
-        let file = format!("robustness_{norm_name}.png");
+        let file = format!("robustness_{}.png", norm.key());
         let any: Vec<(f64, f64)> = points.iter().map(|p| (p.eps, p.accuracy)).collect();
         let last: Vec<(f64, f64)> = points.iter().map(|p| (p.eps, p.accuracy_final_iterate)).collect();
         let series = [
@@ -83,13 +83,13 @@ impl Evaluation<'_> {
 
     /// Accuracy of the first `n` test images under PGD of radius `eps` (/255) in `norm`,
     /// calling `done` after each batch.
-    fn robust_point(&self, norm: Norm, eps: f64, n: usize, done: &dyn Fn()) -> RobustnessPoint {
+    fn robust_point(&self, norm: PgdNorm, eps: f64, n: usize, done: &dyn Fn()) -> RobustnessPoint {
         let e = &self.cfg.eval;
         // /255 of the [0, 1] range is 2/255 of the network's [−1, 1] range.
         let eps_net = eps / 255.0 * 2.0;
         let step = match norm {
-            Norm::Linf => e.pgd_step_size / 255.0 * 2.0,
-            Norm::L2 => 2.5 * eps_net / e.pgd_steps as f64,
+            PgdNorm::Linf => e.pgd_step_size / 255.0 * 2.0,
+            PgdNorm::L2 => 2.5 * eps_net / e.pgd_steps as f64,
         };
         let p = Pgd { norm, eps: eps_net, steps: if eps > 0.0 { e.pgd_steps } else { 0 }, step_size: step, random_start: e.pgd_random_start };
         let classify = |x: &Tensor| {
@@ -122,19 +122,20 @@ impl Evaluation<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::PgdNorm;
     use crate::eval::evaluate::tiny;
 
     #[test]
     fn every_norm_gets_eps_zero_first_and_a_curve() {
         let mut cfg = tiny::config();
         (cfg.eval.pgd_n, cfg.eval.pgd_steps) = (10, 1);
-        (cfg.eval.pgd_norms, cfg.eval.pgd_linf_eps, cfg.eval.pgd_l2_eps) = (vec!["linf".into(), "l2".into()], vec![8.0], vec![0.0, 100.0]);
+        (cfg.eval.pgd_norms, cfg.eval.pgd_linf_eps, cfg.eval.pgd_l2_eps) = (vec![PgdNorm::Linf, PgdNorm::L2], vec![8.0], vec![0.0, 100.0]);
         let dir = tempfile::tempdir().unwrap();
         let ev = tiny::evaluation(&cfg, dir.path(), 20);
         let (r, summary) = ev.robustness().unwrap();
         assert_eq!(r.n, 10);
-        let eps = |norm: &str| r.norms[norm].iter().map(|p| p.eps).collect::<Vec<_>>();
-        assert_eq!((eps("linf"), eps("l2")), (vec![0.0, 8.0], vec![0.0, 100.0]));
+        let eps = |norm: PgdNorm| r.norms[norm.key()].iter().map(|p| p.eps).collect::<Vec<_>>();
+        assert_eq!((eps(PgdNorm::Linf), eps(PgdNorm::L2)), (vec![0.0, 8.0], vec![0.0, 100.0]));
         for p in r.norms.values().flatten() {
             assert!(p.accuracy <= p.accuracy_final_iterate && (0.0..=1.0).contains(&p.accuracy_final_iterate), "{p:?}");
         }

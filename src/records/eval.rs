@@ -6,7 +6,7 @@
 //!
 //! A value the metric could not compute (NaN: an empty set, a failed square root) is written as
 //! `null`, as JSON has no NaN, and reads back as NaN.
-use crate::config::InitKind;
+use crate::config::{FidSamples, InitKind, OodSource, Precision, Splits};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
@@ -137,7 +137,7 @@ pub struct OodScoreAbout {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OodSettings {
-    pub ood_sets: Vec<String>,
+    pub ood_sets: Vec<OodSource>,
     pub ood_n: usize,
     pub seed: u64,
 }
@@ -145,7 +145,7 @@ pub struct OodSettings {
 /// `eval/robustness.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RobustnessRecord {
-    /// Per norm (`linf`, `l2`), one point per radius, eps 0 first.
+    /// Per norm (`PgdNorm::key`: `linf`, `l2`), one point per radius, eps 0 first.
     pub norms: BTreeMap<String, Vec<RobustnessPoint>>,
     pub n: usize,
     pub protocol: String,
@@ -216,7 +216,7 @@ pub struct ChainSettings {
 /// `eval/fid.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FidRecord {
-    /// Per protocol (`buffer`, `fresh`).
+    /// Per protocol (`FidSamples::key`: `buffer`, `fresh`).
     pub protocols: BTreeMap<String, FidProtocol>,
     pub reference: FidReference,
     pub network: FidNetwork,
@@ -280,8 +280,7 @@ impl FidProtocol {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FidReference {
     pub dataset: String,
-    /// `train`, `test` or `train+test`.
-    pub split: String,
+    pub split: Splits,
     pub n: usize,
     /// The cached statistics' file.
     pub cache: String,
@@ -294,17 +293,30 @@ pub struct FidNetwork {
     pub source: String,
     /// Whether it has the classifier the Inception Score needs.
     pub inception_score: bool,
-    /// `fp32` or `bf16` (empty in records from before it was recorded).
+    /// The arithmetic it ran in (absent in records from before it was recorded).
     #[serde(default)]
-    pub precision: String,
+    pub precision: Option<Precision>,
+}
+
+/// What `sadajem fid` prints: one image set against a reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FidComparison {
+    #[serde(deserialize_with = "number")]
+    pub fid: f64,
+    #[serde(deserialize_with = "number")]
+    pub kid: f64,
+    #[serde(deserialize_with = "number")]
+    pub kid_std: f64,
+    pub n: usize,
+    pub n_reference: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FidSettings {
-    pub fid_protocols: Vec<String>,
+    pub fid_protocols: Vec<FidSamples>,
     pub fid_n: usize,
     pub fid_buffer_n: usize,
-    pub fid_reference: String,
+    pub fid_reference: Splits,
     pub fid_reference_n: usize,
     pub kid_subsets: usize,
     pub kid_subset_size: usize,
@@ -340,7 +352,7 @@ pub mod examples {
             n_in: 100,
             protocol: "test vs OOD".into(),
             scores: vec![OodScoreAbout { key: "log_px".into(), score: "LSE".into() }],
-            settings: OodSettings { ood_sets: vec![name.into()], ood_n: 100, seed: 0 },
+            settings: OodSettings { ood_sets: vec![OodSource::Dataset(name.into())], ood_n: 100, seed: 0 },
             plots: plots.iter().map(|p| p.to_string()).collect(),
         };
         EvalRecord { values, header: header("ood") }
@@ -493,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn generation_and_fid_round_trip_and_read_the_old_shape() {
+    fn generation_round_trips_and_reads_the_old_shape() {
         let chains = ChainSettings { gen_init: InitKind::Informative, gen_steps: 3, gen_step_size: 1.0, gen_noise: 0.0 };
         let generation = EvalRecord {
             values: GenerationRecord {
@@ -521,7 +533,12 @@ mod tests {
         );
         let r: EvalRecord<GenerationRecord> = serde_json::from_value(old).unwrap();
         assert_eq!((r.values.mean_lse_samples, r.values.settings.gen_init), (3.5, InitKind::Uniform));
+    }
 
+    /// An FID record with a fresh protocol (IS included), a buffer one whose IS part was
+    /// skipped, and a protocol skipped whole.
+    fn fid_example() -> EvalRecord<FidRecord> {
+        let chains = ChainSettings { gen_init: InitKind::Informative, gen_steps: 3, gen_step_size: 1.0, gen_noise: 0.0 };
         let mut fresh = FidProtocol {
             about: Some("20 fresh chains".into()),
             n: Some(20),
@@ -541,26 +558,26 @@ mod tests {
             ..FidProtocol::default()
         };
         buffer.skip_part("is", "no images to score".into());
-        let fid = EvalRecord {
+        EvalRecord {
             values: FidRecord {
                 protocols: BTreeMap::from([
                     ("fresh".into(), fresh),
                     ("buffer".into(), buffer),
                     ("other".into(), FidProtocol::skipped("no replay buffer")),
                 ]),
-                reference: FidReference { dataset: "data/mnist".into(), split: "test".into(), n: 60, cache: "cache/x.safetensors".into() },
+                reference: FidReference { dataset: "data/mnist".into(), split: Splits::Test, n: 60, cache: "cache/x.safetensors".into() },
                 network: FidNetwork {
                     file: "weights/pt_inception.pth".into(),
                     source: "PytorchFid".into(),
                     inception_score: true,
-                    precision: "fp32".into(),
+                    precision: Some(Precision::Fp32),
                 },
                 protocol: "FID".into(),
                 settings: FidSettings {
-                    fid_protocols: vec!["buffer".into(), "fresh".into()],
+                    fid_protocols: vec![FidSamples::Buffer, FidSamples::Fresh],
                     fid_n: 20,
                     fid_buffer_n: 40,
-                    fid_reference: "test".into(),
+                    fid_reference: Splits::Test,
                     fid_reference_n: 60,
                     kid_subsets: 4,
                     kid_subset_size: 10,
@@ -571,7 +588,12 @@ mod tests {
                 },
             },
             header: examples::header("fid"),
-        };
+        }
+    }
+
+    #[test]
+    fn fid_round_trips_and_reads_the_old_shape() {
+        let fid = fid_example();
         let v = round_trip(&fid, &["protocols", "reference", "network", "protocol", "settings"]);
         assert_eq!(v["protocols"]["other"], json!({"skipped": "no replay buffer"}), "a skipped protocol has its reason alone");
         assert_eq!(v["protocols"]["buffer"]["is_skipped"], "no images to score");
