@@ -1,19 +1,9 @@
 //! End-to-end tests of the `sadajem` command line on the bundled data.
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn sadajem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the sadajem binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use support::{command, final_json, metric_lines, metrics, metrics_without_throughput, sadajem, text, train_args};
 
 /// A small but real softmax run: WRN-10-1 on 5,500 Fashion-MNIST images (39 batches an epoch).
 const TINY: &[&str] = &[
@@ -38,14 +28,6 @@ const TINY: &[&str] = &[
     "--set",
     "train.threads=1",
 ];
-
-/// `train --preset PRESET --run-dir RUN_DIR` with the `tiny` settings, then `extra`.
-fn train_args<'a>(preset: &'a str, tiny: &[&'a str], run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["train", "--preset", preset, "--run-dir", run_dir.to_str().unwrap()];
-    args.extend_from_slice(tiny);
-    args.extend_from_slice(extra);
-    args
-}
 
 fn train(run_dir: &Path, extra: &[&str]) -> Output {
     sadajem(&train_args("softmax-fashion", TINY, run_dir, extra))
@@ -86,10 +68,6 @@ fn train_jem(run_dir: &Path, extra: &[&str]) -> Output {
     sadajem(&train_args("sadajem-fashion", TINY_JEM, run_dir, extra))
 }
 
-fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn data_info_prints_the_canonical_fashion_mnist_statistics() {
     let o = sadajem(&["data", "info", "data/fashion-mnist"]);
@@ -116,7 +94,7 @@ fn softmax_training_writes_a_complete_run_directory_and_learns() {
     for f in ["config.toml", "metrics.jsonl", "checkpoints/latest.safetensors", "checkpoints/best.safetensors", "final.json"] {
         assert!(run.join(f).exists(), "missing {f}");
     }
-    let fin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("final.json")).unwrap()).unwrap();
+    let fin = final_json(&run);
     let acc = fin["test_accuracy"].as_f64().unwrap();
     // 3 epochs on 5,000 images (measured: 69 %): far above chance (10 %), short of the demo's 91 %.
     assert!(acc > 0.5, "test accuracy {acc}");
@@ -163,17 +141,10 @@ fn a_run_without_a_validation_split_says_so_and_writes_no_nan() {
 
 /// Runs `sadajem args` and kills it (SIGKILL) once `run_dir/metrics.jsonl` has `lines` lines.
 fn train_until_killed(args: &[&str], run_dir: &Path, lines: usize) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = command(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let done = std::fs::read_to_string(run_dir.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
-        if done >= lines {
+        if metric_lines(run_dir) >= lines {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
@@ -195,18 +166,9 @@ fn kill_and_resume_matches(dir: &Path, preset: &str, tiny: &[&str], settings: &[
 
     let o = sadajem(&["train", "--resume", killed.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        v.into_iter()
-            .map(|mut r| {
-                r.as_object_mut().unwrap().remove("img_per_s");
-                r
-            })
-            .collect()
-    };
     // Bitwise: same thread count, same CPU kernels, every random stream restored.
-    assert_eq!(strip(metrics(&killed)), strip(metrics(&whole)));
-    let fin = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p.join("final.json")).unwrap()).unwrap() };
-    assert_eq!(fin(&killed)["test_accuracy"], fin(&whole)["test_accuracy"]);
+    assert_eq!(metrics_without_throughput(&killed), metrics_without_throughput(&whole));
+    assert_eq!(final_json(&killed)["test_accuracy"], final_json(&whole)["test_accuracy"]);
 }
 
 #[test]
@@ -642,12 +604,7 @@ fn bench_against_pytorch_prints_both_times_and_the_ratio() {
     let results = dir.path().join("r.jsonl");
     let mut args = TINY_BENCH.to_vec();
     args.extend(["--results", results.to_str().unwrap(), "--reference", "--threads", "1"]);
-    let o = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("SADAJEM_BENCH_PYTHON", python)
-        .output()
-        .unwrap();
+    let o = command(&args).env("SADAJEM_BENCH_PYTHON", python).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("PyTorch med"), "{}", text(&o));
     let r = &bench_records(&results)[0];

@@ -1,15 +1,10 @@
 //! Data-parallel training end to end: `sadajem train --nproc 2` on the loopback with Gloo.
 //! Skipped (with a note) when the binary was built without Gloo's headers.
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn sadajem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sadajem")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use std::process::Stdio;
+use support::{command, final_json, metrics_without_throughput, sadajem, text};
 
 /// Whether this build can run workers at all (build.rs found the Gloo headers).
 fn distributed_available() -> bool {
@@ -136,18 +131,6 @@ const JEM: &[&str] = &[
     "train.threads=1",
 ];
 
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("img_per_s");
-            v
-        })
-        .collect()
-}
-
 /// The launcher's children (the workers), from /proc.
 fn children(pid: u32) -> Vec<u32> {
     let mut out = vec![];
@@ -176,13 +159,7 @@ fn a_killed_worker_stops_the_job_and_resume_finishes_it_as_if_uninterrupted() {
 
     let mut b = vec!["train", "--nproc", "2", "--run-dir", killed.to_str().unwrap()];
     b.extend_from_slice(JEM);
-    let launcher = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(&b)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let launcher = command(&b).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // Into the second epoch, then SIGKILL one worker (rank 1 is the later-started child).
     loop {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -215,22 +192,15 @@ fn a_killed_worker_stops_the_job_and_resume_finishes_it_as_if_uninterrupted() {
     assert!(o.status.success(), "{}", text(&o));
     // Every worker's buffer shard, random stream and the shared data stream came back: the
     // finished run is the uninterrupted one, line for line.
-    assert_eq!(metrics(&killed), metrics(&whole));
-    let fin = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p.join("final.json")).unwrap()).unwrap() };
-    assert_eq!(fin(&killed)["test_accuracy"], fin(&whole)["test_accuracy"]);
+    assert_eq!(metrics_without_throughput(&killed), metrics_without_throughput(&whole));
+    assert_eq!(final_json(&killed)["test_accuracy"], final_json(&whole)["test_accuracy"]);
 }
 
 #[test]
 fn bad_worker_settings_are_clear_errors() {
     let o = sadajem(&["train", "--preset", "softmax-fashion", "--nproc", "0"]);
     assert!(!o.status.success() && text(&o).contains("--nproc 0"), "{}", text(&o));
-    let o = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(["train", "--preset", "softmax-fashion"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("WORLD_SIZE", "2")
-        .env("RANK", "5")
-        .output()
-        .unwrap();
+    let o = command(&["train", "--preset", "softmax-fashion"]).env("WORLD_SIZE", "2").env("RANK", "5").output().unwrap();
     assert!(!o.status.success() && text(&o).contains("RANK=5"), "{}", text(&o));
 }
 
@@ -252,7 +222,7 @@ fn an_explicit_backend_makes_a_world_of_one_that_trains_as_a_single_process() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("worker 0 of 1 (Gloo)"), "{}", text(&o));
     // The collectives of a group of one leave every value as it was: the same run, bitwise.
-    assert_eq!(metrics(&one), metrics(&plain));
+    assert_eq!(metrics_without_throughput(&one), metrics_without_throughput(&plain));
     assert_eq!(model_tensors(&one), model_tensors(&plain));
 }
 

@@ -3,6 +3,8 @@
 //! real formats that the tests build: a CIFAR-10 binary tarball, SVHN .mat files, IDX .gz files.
 //! The library's downloader is given a table whose MD5 sums are those of the served files; the
 //! binary keeps the published ones, so through it a served test file is a checksum mismatch.
+mod support;
+
 use md5::{Digest, Md5};
 use sadajem::data::download::{self, Dataset, Outcome, Remote, Source};
 use sadajem::data::{self, Format, Split};
@@ -10,8 +12,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
+use support::{command, names_in, text};
 
 /// What the server sends for one path.
 #[derive(Clone)]
@@ -116,12 +118,6 @@ fn svhn_mat(n: usize) -> Vec<u8> {
 }
 
 /// Names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
-}
-
 /// The real CIFAR-10 entry with the MD5 of the served test archive.
 fn test_cifar10<'a>(files: &'a [Remote<'a>]) -> Dataset<'a> {
     Dataset { files, ..download::find("cifar10").unwrap().clone() }
@@ -145,9 +141,9 @@ fn a_cifar10_tarball_is_fetched_verified_and_unpacked_where_the_reader_finds_it(
     assert_eq!(train.labels[..4], [1, 2, 3, 2], "batch 1 starts at label 1, batch 2 at 2");
     assert_eq!(test.image(1)[..3], [1, 2, 3]);
     // Only the dataset's files, under their bare names; no staging directory left.
-    assert_eq!(listing(&to).len(), 7);
-    assert!(!listing(&to).contains(&"readme.html".to_string()));
-    assert_eq!(listing(&dir.path().join("sets")), ["cifar10"]);
+    assert_eq!(names_in(&to).len(), 7);
+    assert!(!names_in(&to).contains(&"readme.html".to_string()));
+    assert_eq!(names_in(&dir.path().join("sets")), ["cifar10"]);
     // A second call finds it there and fetches nothing (the server would serve it again).
     assert_eq!(download::download(&test_cifar10(&files), &to, &source).unwrap(), Outcome::AlreadyThere);
 }
@@ -156,7 +152,7 @@ fn a_cifar10_tarball_is_fetched_verified_and_unpacked_where_the_reader_finds_it(
 fn svhn_and_idx_files_are_kept_as_published() {
     let (train, test) = (svhn_mat(6), svhn_mat(3));
     let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
-    let idx: Vec<(String, Vec<u8>)> = listing(&mnist).into_iter().map(|f| (f.clone(), std::fs::read(mnist.join(&f)).unwrap())).collect();
+    let idx: Vec<(String, Vec<u8>)> = names_in(&mnist).into_iter().map(|f| (f.clone(), std::fs::read(mnist.join(&f)).unwrap())).collect();
     let mut routes: HashMap<String, Reply> = idx.iter().map(|(f, b)| (format!("/{f}"), Reply::Ok(b.clone()))).collect();
     routes.insert("/train_32x32.mat".into(), Reply::Ok(train.clone()));
     routes.insert("/test_32x32.mat".into(), Reply::Ok(test.clone()));
@@ -184,13 +180,8 @@ fn svhn_and_idx_files_are_kept_as_published() {
 
 /// Runs `sadajem data download NAME --to TO` with the downloads coming from `base`.
 fn cli_download(base: &str, name: &str, to: &Path) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_sadajem"))
-        .args(["data", "download", name, "--to", to.to_str().unwrap()])
-        .env(download::BASE_ENV, base)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    let o = command(&["data", "download", name, "--to", to.to_str().unwrap()]).env(download::BASE_ENV, base).output().unwrap();
+    (o.status.success(), text(&o))
 }
 
 #[test]
@@ -205,7 +196,7 @@ fn a_wrong_checksum_a_truncated_transfer_and_a_server_error_each_say_so_and_leav
     ]));
     let dir = tempfile::tempdir().unwrap();
     let to = dir.path().join("data/cifar10");
-    let nothing_left = || assert!(!dir.path().join("data").exists(), "a failed download leaves nothing: {:?}", listing(dir.path()));
+    let nothing_left = || assert!(!dir.path().join("data").exists(), "a failed download leaves nothing: {:?}", names_in(dir.path()));
 
     // Through the binary, which checks the published MD5: the test archive is not CIFAR-10.
     let (ok, out) = cli_download(&format!("{base}/ok"), "cifar10", &to);
@@ -234,13 +225,13 @@ fn a_wrong_checksum_a_truncated_transfer_and_a_server_error_each_say_so_and_leav
     std::fs::create_dir_all(dir.path().join("data/.cifar10.download/dataset")).unwrap();
     std::fs::write(dir.path().join("data/.cifar10.download/cifar-10-binary.tar.gz"), b"half").unwrap();
     download::download(&test_cifar10(&files), &to, &Source { base: Some(format!("{base}/ok")) }).unwrap();
-    assert_eq!(listing(&dir.path().join("data")), ["cifar10"]);
+    assert_eq!(names_in(&dir.path().join("data")), ["cifar10"]);
     let other = dir.path().join("mine");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), b"x").unwrap();
     let (ok, out) = cli_download(&format!("{base}/ok"), "cifar10", &other);
     assert!(!ok && out.contains("does not hold cifar10"), "{out}");
-    assert_eq!(listing(&other), ["notes.txt"]);
+    assert_eq!(names_in(&other), ["notes.txt"]);
     let (ok, out) = cli_download(&format!("{base}/ok"), "cifar10", &other.join("notes.txt"));
     assert!(!ok && out.contains("is not a directory"), "{out}");
 }

@@ -5,6 +5,7 @@
 //! wait4). docs/reliability.md lists the messages.
 #[path = "support/forge.rs"]
 mod forge;
+mod support;
 
 use forge::{Pickle, Record};
 use std::path::{Path, PathBuf};
@@ -25,9 +26,8 @@ struct Ran {
 fn sadajem_env(args: &[&str], env: &[(&str, &str)], deadline: Duration) -> Ran {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sadajem"));
-    c.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("NO_COLOR", "1").env("RUST_BACKTRACE", "0");
-    c.envs(env.iter().copied());
+    let mut c = support::command(args);
+    c.env("RUST_BACKTRACE", "0").envs(env.iter().copied());
     c.stdout(Stdio::from(std::fs::File::create(&out_path).unwrap())).stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()));
     let child = c.spawn().expect("the sadajem binary runs");
     let pid = child.id() as libc::pid_t;

@@ -1,25 +1,14 @@
 //! What a user's long run depends on: surviving SIGKILL at any moment, falling back past a
 //! damaged checkpoint, and refusing bad settings and environments before training starts.
 //! (docs/reliability.md records what these tests showed.)
+mod support;
+
 use sadajem::store::checkpoint;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
-
-fn command(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sadajem"));
-    c.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("NO_COLOR", "1");
-    c
-}
-
-fn sadajem(args: &[&str]) -> Output {
-    command(args).output().expect("the sadajem binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use support::{command, final_json, metric_lines, metrics_without_throughput, names_in, sadajem, text};
 
 /// A softmax WRN-10-1 on 1,000 Fashion-MNIST images in batches of 32: 31 iterations an epoch,
 /// each followed by a checkpoint, so that a random kill often lands inside a checkpoint write.
@@ -48,39 +37,9 @@ const SMALL: &[&str] = &[
     "train.threads=1",
 ];
 
+/// The [`support::train_args`] of a [`SMALL`] softmax run.
 fn train_args<'a>(run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["train", "--preset", "softmax-fashion", "--run-dir", run_dir.to_str().unwrap()];
-    args.extend_from_slice(SMALL);
-    args.extend_from_slice(extra);
-    args
-}
-
-/// metrics.jsonl without the throughput, which differs between runs.
-fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
-            v.as_object_mut().unwrap().remove("img_per_s");
-            v
-        })
-        .collect()
-}
-
-fn metric_lines(run_dir: &Path) -> usize {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
-}
-
-fn final_accuracy(run_dir: &Path) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("final.json")).unwrap()).unwrap();
-    v["test_accuracy"].clone()
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
+    support::train_args("softmax-fashion", SMALL, run_dir, extra)
 }
 
 /// xorshift64: the kill times are random but the same on every run of the test.
@@ -184,8 +143,8 @@ fn twenty_kills_at_random_moments_never_leave_a_run_that_cannot_resume() {
          {before_training} came before any new iteration; the last resume started at iteration {from} of 100"
     );
     // Bitwise the uninterrupted run: every kill lost only work that was redone exactly.
-    assert_eq!(metrics(&run), metrics(&whole));
-    assert_eq!(final_accuracy(&run), final_accuracy(&whole));
+    assert_eq!(metrics_without_throughput(&run), metrics_without_throughput(&whole));
+    assert_eq!(final_json(&run)["test_accuracy"], final_json(&whole)["test_accuracy"]);
     let names = names_in(&run.join("checkpoints"));
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
 }
@@ -196,7 +155,7 @@ fn resume_after(dir: &Path, damage: impl Fn(&Path)) -> (PathBuf, Vec<serde_json:
     let run = dir.join("run");
     let o = sadajem(&train_args(&run, &["--set", "train.epochs=1", "--set", "train.checkpoint_every=4"]));
     assert!(o.status.success(), "{}", text(&o));
-    let before = metrics(&run);
+    let before = metrics_without_throughput(&run);
     damage(&run.join("checkpoints"));
     let o = sadajem(&["train", "--resume", run.to_str().unwrap()]);
     (run, before, o)
@@ -227,7 +186,7 @@ fn three_checkpoints_are_kept_and_a_damaged_latest_falls_back_to_the_one_before(
     assert!(out.contains("latest.safetensors: checksum mismatch") && out.contains("latest.safetensors.bad"), "{out}");
     assert!(out.contains("falling back to") && out.contains("iter_0000028.safetensors (iteration 28)"), "{out}");
     // The lines after iteration 28 were dropped and logged again, identically.
-    assert_eq!(metrics(&run), before);
+    assert_eq!(metrics_without_throughput(&run), before);
     assert!(run.join("checkpoints/latest.safetensors.bad").exists());
 }
 
@@ -243,7 +202,7 @@ fn a_truncated_latest_and_previous_fall_back_two_steps() {
     assert!(out.contains("latest.safetensors: damaged or not a sadajem checkpoint: truncated"), "{out}");
     assert!(out.contains("iter_0000028.safetensors: checksum mismatch"), "{out}");
     assert!(out.contains("iter_0000024.safetensors (iteration 24)"), "{out}");
-    assert_eq!(metrics(&run), before);
+    assert_eq!(metrics_without_throughput(&run), before);
 }
 
 #[test]
