@@ -800,6 +800,21 @@ pub struct ExportOptions<'a> {
 
 /// `sadajem export`: the checkpoint's weights (and replay buffer) in the reference's layout,
 /// and FILE.json describing the architecture. Returns the two paths.
+/// `--out`, else `export/<checkpoint stem>.<ext>` in the run; its directory created.
+fn export_destination(out: Option<&Path>, run: &RunDir, ckpt: &Path, ext: &str) -> Result<PathBuf> {
+    let out = match out {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let stem = ckpt.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+            run.export_file(&stem, ext)
+        }
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    Ok(out)
+}
+
 pub fn export(opts: &ExportOptions) -> Result<(PathBuf, PathBuf)> {
     let run = RunDir::open(opts.run_dir)?;
     let cfg = Config::load(&run.config())?;
@@ -834,16 +849,7 @@ pub fn export(opts: &ExportOptions) -> Result<(PathBuf, PathBuf)> {
         Format::Pytorch => ("pt", "pytorch"),
         Format::Safetensors => ("safetensors", "safetensors"),
     };
-    let out = match opts.out {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let stem = ckpt.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
-            run.export_file(&stem, ext)
-        }
-    };
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    }
+    let out = export_destination(opts.out, &run, &ckpt, ext)?;
     let file_name = out.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned());
     let about = json!({
         "architecture": {
@@ -852,7 +858,7 @@ pub fn export(opts: &ExportOptions) -> Result<(PathBuf, PathBuf)> {
         },
         "file": file_name,
         "format": format,
-        "layout": match opts.layout { Layout::Sadajem => "sadajem", Layout::Jem => "jem" },
+        "layout": opts.layout.to_string(),
         "keys": match opts.format {
             Format::Pytorch => "{'model_state_dict': the state dict of the reference's CCF, 'replay_buffer': [N, C, H, W] in [-1, 1] when the run has one}",
             Format::Safetensors => "the state dict of the reference's CCF, and 'replay_buffer' [N, C, H, W] in [-1, 1] when the run has one",

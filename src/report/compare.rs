@@ -39,7 +39,7 @@ pub fn robustness_plot(runs: &[RunDir], path: &Path) -> Result<()> {
         .iter()
         .map(|run| {
             let rob = html::read_record::<RobustnessRecord>(run, crate::run::Metric::Robustness).map(|r| r.values);
-            let linf = rob.and_then(|mut r| r.norms.remove("linf")).unwrap_or_default();
+            let linf = rob.and_then(|mut r| r.norms.remove(crate::config::PgdNorm::Linf.key())).unwrap_or_default();
             let points = linf.iter().filter(|p| p.accuracy.is_finite()).map(|p| (p.eps, p.accuracy)).collect();
             (label(run), points)
         })
