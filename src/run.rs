@@ -72,7 +72,18 @@ pub struct RunDir {
     pub root: PathBuf,
 }
 
+/// The directories of a run, by name: the methods below build every path from them.
+const SAMPLES_DIR: &str = "samples";
+const EVAL_DIR: &str = "eval";
+const REPORT_DIR: &str = "report";
+
 impl RunDir {
+    /// `config.toml`, `metrics.jsonl` and `final.json` relative to the run: what
+    /// [`RunDir::read_inside`] takes ([`RunDir::config`] and the others are these in the run).
+    pub const CONFIG_INSIDE: &'static str = "config.toml";
+    pub const METRICS_INSIDE: &'static str = "metrics.jsonl";
+    pub const FINAL_RESULTS_INSIDE: &'static str = "final.json";
+
     /// Creates a new run directory; refuses one that already holds a run.
     pub fn create(root: &Path) -> Result<RunDir> {
         let run = RunDir { root: root.to_path_buf() };
@@ -110,10 +121,10 @@ impl RunDir {
     }
 
     pub fn config(&self) -> PathBuf {
-        self.root.join("config.toml")
+        self.root.join(Self::CONFIG_INSIDE)
     }
     pub fn metrics(&self) -> PathBuf {
-        self.root.join("metrics.jsonl")
+        self.root.join(Self::METRICS_INSIDE)
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")
@@ -243,7 +254,7 @@ impl RunDir {
 
     /// `samples/`: the replay buffer's grids written while training.
     pub fn samples(&self) -> PathBuf {
-        self.root.join("samples")
+        self.root.join(SAMPLES_DIR)
     }
     /// The grid of iteration `iter`, `samples/iter_NNNNNNN.png`.
     pub fn sample_grid(&self, iter: usize) -> PathBuf {
@@ -253,15 +264,19 @@ impl RunDir {
     pub fn final_grid(&self) -> PathBuf {
         self.samples().join("final.png")
     }
+    /// A grid in `samples/` by its file name, relative to the run: what [`RunDir::read_inside`]
+    /// takes.
+    pub fn sample_grid_inside(name: &str) -> String {
+        format!("{SAMPLES_DIR}/{name}")
+    }
     /// `init.safetensors`: the informative init's class Gaussians, fitted once per run.
     pub fn init_cache(&self) -> PathBuf {
         self.root.join("init.safetensors")
     }
     /// `eval/`: `sadajem eval`'s records and plots.
     pub fn eval(&self) -> PathBuf {
-        self.root.join("eval")
+        self.root.join(EVAL_DIR)
     }
-    /// `tensorboard/`: the training event file; `tensorboard/eval/`: eval's.
     /// `eval/<metric>.json`, the record one metric of `sadajem eval` writes.
     pub fn eval_record(&self, metric: Metric) -> PathBuf {
         self.root.join(Self::eval_record_inside(metric))
@@ -269,7 +284,12 @@ impl RunDir {
 
     /// The same, relative to the run: what [`RunDir::read_inside`] takes.
     pub fn eval_record_inside(metric: Metric) -> String {
-        format!("eval/{}.json", metric.name())
+        format!("{EVAL_DIR}/{}.json", metric.name())
+    }
+
+    /// A plot in `eval/` by its file name (as a record's `plots` lists it), relative to the run.
+    pub fn eval_plot_inside(name: &str) -> String {
+        format!("{EVAL_DIR}/{name}")
     }
 
     /// The checkpoint `which` names. A run without a validation split (`data.n_valid = 0`) has
@@ -283,15 +303,27 @@ impl RunDir {
         }
     }
 
+    /// `tensorboard/`: the training event file; `tensorboard/eval/`: eval's.
     pub fn tensorboard(&self) -> PathBuf {
         self.root.join("tensorboard")
+    }
+    pub fn tensorboard_eval(&self) -> PathBuf {
+        self.tensorboard().join("eval")
     }
     /// `report.html` and the curve PNGs it embeds, in `report/`.
     pub fn report_page(&self) -> PathBuf {
         self.root.join("report.html")
     }
     pub fn report_dir(&self) -> PathBuf {
-        self.root.join("report")
+        self.root.join(REPORT_DIR)
+    }
+    /// The report's training curve `name` (`loss`, `accuracy`), `report/curve_<name>.png`.
+    pub fn report_curve(&self, name: &str) -> PathBuf {
+        self.root.join(Self::report_curve_inside(name))
+    }
+    /// The same, relative to the run.
+    pub fn report_curve_inside(name: &str) -> String {
+        format!("{REPORT_DIR}/curve_{name}.png")
     }
     /// `imported.json`: what `sadajem import` made this run from.
     pub fn imported(&self) -> PathBuf {
@@ -307,7 +339,7 @@ impl RunDir {
     }
     /// `final.json`: the test accuracies and training time of a finished run.
     pub fn final_results(&self) -> PathBuf {
-        self.root.join("final.json")
+        self.root.join(Self::FINAL_RESULTS_INSIDE)
     }
 
     /// Appends one record (a [`crate::records::MetricsLine`]) as a line of metrics.jsonl.
@@ -547,6 +579,24 @@ mod tests {
         for dev in ["/dev/zero", "/dev/null"] {
             assert!(read_untrusted(Path::new(dev), 5, true).unwrap_err().to_string().contains("not a regular file"));
         }
+    }
+
+    /// Each path relative to the run names the same file as the full path beside it.
+    #[test]
+    fn paths_inside_the_run_match_the_full_paths() {
+        let run = RunDir { root: PathBuf::from("/runs/r") };
+        let inside = |rel: String| run.root.join(rel);
+        assert_eq!(inside(RunDir::CONFIG_INSIDE.into()), run.config());
+        assert_eq!(inside(RunDir::METRICS_INSIDE.into()), run.metrics());
+        assert_eq!(inside(RunDir::FINAL_RESULTS_INSIDE.into()), run.final_results());
+        assert_eq!(inside(RunDir::sample_grid_inside("iter_0000040.png")), run.sample_grid(40));
+        assert_eq!(inside(RunDir::sample_grid_inside("final.png")), run.final_grid());
+        assert_eq!(inside(RunDir::eval_record_inside(Metric::Ood)), run.eval().join("ood.json"));
+        assert_eq!(inside(RunDir::eval_plot_inside("reliability.png")), run.eval().join("reliability.png"));
+        assert_eq!(run.report_curve("loss"), run.report_dir().join("curve_loss.png"));
+        assert_eq!(inside(RunDir::report_curve_inside("loss")), run.report_curve("loss"));
+        assert_eq!(run.tensorboard_eval(), PathBuf::from("/runs/r/tensorboard/eval"));
+        assert_eq!(RunDir::report_curve_inside("lr"), "report/curve_lr.png");
     }
 
     #[test]

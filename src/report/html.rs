@@ -9,13 +9,14 @@
 //! [`MAX_PAGE_IMAGES`] in all; anything else is left out with a note on the page and a warning.
 use super::plots::{self, Series};
 use crate::records::eval::{AccuracyRecord, CalibrationRecord, EvalRecord, FidRecord, GenerationRecord, Header, OodRecord, RobustnessRecord};
+use crate::records::{parse_metrics, FinalResults, MetricsLine, TrainLine, ValidLine};
 use crate::run::{Metric, RunDir};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One line of the summary table: what, and its value as shown.
 pub type Row = (String, String);
@@ -40,14 +41,16 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn pct(v: &Value) -> Option<String> {
-    v.as_f64().map(|x| format!("{:.2} %", 100.0 * x))
+/// The metrics.jsonl lines that parse ([`parse_metrics`]: a line cut short, as the last one of
+/// a run being written may be, is skipped).
+fn metrics(run: &RunDir) -> Vec<MetricsLine> {
+    let bytes = run.read_inside(RunDir::METRICS_INSIDE, MAX_METRICS).unwrap_or_default();
+    parse_metrics(&String::from_utf8_lossy(&bytes))
 }
 
-/// The metrics.jsonl records.
-fn metrics(run: &RunDir) -> Vec<Value> {
-    let bytes = run.read_inside("metrics.jsonl", MAX_METRICS).unwrap_or_default();
-    String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+/// final.json as its typed record, if it is there and parses.
+fn read_final(run: &RunDir) -> Option<FinalResults> {
+    serde_json::from_slice(&run.read_inside(RunDir::FINAL_RESULTS_INSIDE, MAX_JSON).ok()?).ok()
 }
 
 /// An `eval/<metric>.json` of the run as its typed record, if it is there and parses.
@@ -77,9 +80,10 @@ pub fn summary(run: &RunDir) -> Vec<Row> {
             rows.push((name, v));
         }
     };
-    let fin = read_json(run, "final.json").unwrap_or(Value::Null);
+    let fin = read_final(run);
     let acc = read_record::<AccuracyRecord>(run, Metric::Accuracy).map(|r| r.values);
-    push("test accuracy".into(), acc.as_ref().and_then(|a| pct_of(a.accuracy)).or_else(|| pct(&fin["test_accuracy_best_checkpoint"])));
+    let best_checkpoint = fin.as_ref().and_then(|f| f.test_accuracy_best_checkpoint);
+    push("test accuracy".into(), acc.as_ref().and_then(|a| pct_of(a.accuracy)).or_else(|| best_checkpoint.and_then(pct_of)));
     push("test accuracy after SGLD refinement".into(), acc.and_then(|a| pct_of(a.accuracy_refined?)));
     let cal = read_record::<CalibrationRecord>(run, Metric::Calibration).map(|r| r.values);
     push("ECE".into(), cal.and_then(|c| pct_of(c.ece)));
@@ -101,7 +105,7 @@ pub fn summary(run: &RunDir) -> Vec<Row> {
         "mean LSE fresh samples / test".into(),
         generation.and_then(|g| Some(format!("{} / {}", num_of(g.mean_lse_samples, 2)?, num_of(g.mean_lse_test, 2)?))),
     );
-    push("training time".into(), fin["train_seconds"].as_f64().map(|s| format!("{s:.0} s")));
+    push("training time".into(), fin.map(|f| format!("{:.0} s", f.train_seconds)));
     rows
 }
 
@@ -172,18 +176,22 @@ fn table(rows: &[Row]) -> String {
 /// A training-curve chart: file stem, y-axis label, and its named series of (iteration, value).
 type Chart<'a> = (&'a str, &'a str, Vec<(&'a str, Vec<(f64, f64)>)>);
 
-/// Training curves from metrics.jsonl as PNGs in `dir`; returns (file name, caption) pairs.
-fn training_curves(records: &[Value], dir: &Path) -> Result<Vec<(String, String)>> {
-    let train: Vec<&Value> = records.iter().filter(|r| r["kind"] == "train").collect();
-    let valid: Vec<&Value> = records.iter().filter(|r| r["kind"] == "valid").collect();
-    let series = |rs: &[&Value], key: &str| -> Vec<(f64, f64)> { rs.iter().filter_map(|r| Some((r["iter"].as_f64()?, r[key].as_f64()?))).collect() };
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+/// Training curves from metrics.jsonl as PNGs in the run's report/; returns (path inside the
+/// run, caption) pairs.
+fn training_curves(run: &RunDir, lines: &[MetricsLine]) -> Result<Vec<(String, String)>> {
+    let train: Vec<&TrainLine> = lines.iter().filter_map(|l| if let MetricsLine::Train(t) = l { Some(t) } else { None }).collect();
+    let valid: Vec<&ValidLine> = lines.iter().filter_map(|l| if let MetricsLine::Valid(v) = l { Some(v) } else { None }).collect();
+    let series =
+        |value: fn(&TrainLine) -> Option<f64>| -> Vec<(f64, f64)> { train.iter().filter_map(|t| Some((t.iter as f64, value(t)?))).collect() };
+    let validation: Vec<(f64, f64)> = valid.iter().map(|v| (v.iter as f64, v.valid_acc)).collect();
+    let dir = run.report_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut out = vec![];
     let charts: [Chart; 4] = [
-        ("loss", "loss", vec![("total", series(&train, "loss")), ("cross-entropy", series(&train, "ce")), ("L_px", series(&train, "l_px"))]),
-        ("energy", "LSE f(x)", vec![("data", series(&train, "lse_data")), ("samples", series(&train, "lse_sample"))]),
-        ("accuracy", "accuracy", vec![("training batches", series(&train, "acc")), ("validation", series(&valid, "valid_acc"))]),
-        ("lr", "learning rate", vec![("lr", series(&train, "lr"))]),
+        ("loss", "loss", vec![("total", series(|t| Some(t.loss))), ("cross-entropy", series(|t| Some(t.ce))), ("L_px", series(|t| t.l_px))]),
+        ("energy", "LSE f(x)", vec![("data", series(|t| t.lse_data)), ("samples", series(|t| t.lse_sample))]),
+        ("accuracy", "accuracy", vec![("training batches", series(|t| Some(t.acc))), ("validation", validation)]),
+        ("lr", "learning rate", vec![("lr", series(|t| Some(t.lr)))]),
     ];
     for (name, y_label, lines) in charts {
         let lines: Vec<(&str, Vec<(f64, f64)>)> = lines.into_iter().filter(|(_, p)| !p.is_empty()).collect();
@@ -191,10 +199,9 @@ fn training_curves(records: &[Value], dir: &Path) -> Result<Vec<(String, String)
             continue;
         }
         let s: Vec<Series> = lines.iter().map(|(n, p)| Series { name: n, points: p }).collect();
-        let file = format!("curve_{name}.png");
         let range = (name == "accuracy").then_some((0.0, 1.0));
-        plots::line_chart(&s, "iteration", y_label, &format!("Training: {y_label}"), range, &dir.join(&file))?;
-        out.push((file, format!("{y_label} over training")));
+        plots::line_chart(&s, "iteration", y_label, &format!("Training: {y_label}"), range, &run.report_curve(name))?;
+        out.push((RunDir::report_curve_inside(name), format!("{y_label} over training")));
     }
     Ok(out)
 }
@@ -237,121 +244,158 @@ fn rows_of(v: &Value) -> Vec<Row> {
 /// Writes RUN/report.html (and the training-curve PNGs it embeds, in RUN/report/); returns its
 /// path.
 pub fn write(run: &RunDir) -> Result<PathBuf> {
-    let name = run.root.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
-    let config = String::from_utf8_lossy(&run.read_inside("config.toml", MAX_CONFIG).unwrap_or_default()).into_owned();
-    let records = metrics(run);
-    let fin = read_json(run, "final.json");
-    let mut images = Images { bytes_left: MAX_PAGE_IMAGES };
     // The curves are written into report/; a link there would have them written elsewhere.
     let curves_dir = run.report_dir();
     if std::fs::symlink_metadata(&curves_dir).is_ok_and(|m| !m.is_dir()) {
         bail!("{}: a symbolic link or a file; `sadajem report` writes its plots there: remove it", curves_dir.display());
     }
-    let mut h = String::new();
-    let _ = write!(
-        h,
+    let mut images = Images { bytes_left: MAX_PAGE_IMAGES };
+    let mut h = page_head(run);
+    h += &summary_section(run);
+    h += &training_section(run, &mut images)?;
+    h += &samples_section(run, &mut images);
+    h += &evaluation_section(run, &mut images);
+    h += &config_section(run);
+    h += &timing_section(run);
+    h += PAGE_END;
+    let path = run.report_page();
+    crate::store::atomic::write_atomic(&path, h.as_bytes())?;
+    Ok(path)
+}
+
+/// The page up to its first section: the head with the style sheet, the run's name as title.
+fn page_head(run: &RunDir) -> String {
+    let name = run.root.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
+    format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>sadajem run {n}</title>\n<style>{STYLE}</style></head>\n<body>\n<h1>sadajem run <code>{n}</code></h1>\n",
         n = escape(&name)
-    );
-    h += "<section id=\"summary\"><h2>Summary</h2>\n";
-    h += &table(&summary(run));
-    h += "</section>\n";
+    )
+}
 
-    h += "<section id=\"training\"><h2>Training</h2>\n";
-    if records.is_empty() {
+/// The headline numbers ([`summary`]).
+fn summary_section(run: &RunDir) -> String {
+    format!("<section id=\"summary\"><h2>Summary</h2>\n{}</section>\n", table(&summary(run)))
+}
+
+/// The training curves from metrics.jsonl, validation accuracy per epoch, and final.json's
+/// every value.
+fn training_section(run: &RunDir, images: &mut Images) -> Result<String> {
+    let lines = metrics(run);
+    let mut h = String::from("<section id=\"training\"><h2>Training</h2>\n");
+    if lines.is_empty() {
         h += "<p class=\"missing\">no metrics.jsonl</p>\n";
     }
-    for (file, caption) in training_curves(&records, &curves_dir)? {
-        h += &images.embed(run, &format!("report/{file}"), &caption);
+    for (rel, caption) in training_curves(run, &lines)? {
+        h += &images.embed(run, &rel, &caption);
     }
-    let epochs: Vec<Row> = records
+    let epochs: Vec<Row> = lines
         .iter()
-        .filter(|r| r["kind"] == "valid")
-        .map(|r| (format!("epoch {}", r["epoch"]), pct(&r["valid_acc"]).unwrap_or_else(|| "–".into())))
+        .filter_map(|l| match l {
+            MetricsLine::Valid(v) => Some((format!("epoch {}", v.epoch), format!("{:.2} %", 100.0 * v.valid_acc))),
+            _ => None,
+        })
         .collect();
     if !epochs.is_empty() {
         h += "<h3>Validation accuracy per epoch</h3>\n";
         h += &table(&epochs);
     }
-    if let Some(f) = &fin {
+    if let Some(f) = read_json(run, RunDir::FINAL_RESULTS_INSIDE) {
         h += "<h3>final.json</h3>\n";
-        h += &table(&rows_of(f));
+        h += &table(&rows_of(&f));
     }
-    h += "</section>\n";
+    Ok(h + "</section>\n")
+}
 
+/// The sample grids in samples/ (if it is a directory of the run, not a link to one elsewhere),
+/// iteration grids in order and the final one last.
+fn sample_grids(run: &RunDir) -> Vec<String> {
     let samples = run.samples();
-    // Listed only if it is a directory of the run (not a link to one elsewhere).
     let listed = std::fs::symlink_metadata(&samples).is_ok_and(|m| m.is_dir());
     let mut grids: Vec<String> = if listed { std::fs::read_dir(&samples).ok() } else { None }
         .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| is_sample_grid(n)).collect())
         .unwrap_or_default();
-    // Iteration grids in order, the final one last.
     grids.sort_by_key(|n| (n == "final.png", n.clone()));
-    if !grids.is_empty() {
-        h += "<section id=\"samples\"><h2>Replay-buffer samples over training</h2>\n<div class=\"row\">\n";
-        // At most 8 grids, evenly spread from the first to the last, so long runs stay readable.
-        let shown = grids.len().min(8);
-        let picks: Vec<usize> = (0..shown).map(|i| if shown == 1 { 0 } else { i * (grids.len() - 1) / (shown - 1) }).collect();
-        for p in picks.iter().map(|&i| &grids[i]) {
-            let stem = p.trim_end_matches(".png").replace("iter_", "iteration ");
-            h += &images.embed(run, &format!("samples/{p}"), &stem);
-        }
-        h += "</div></section>\n";
-    }
+    grids
+}
 
-    h += "<section id=\"evaluation\"><h2>Evaluation</h2>\n";
+/// The replay buffer over training: at most 8 grids, evenly spread from the first to the last,
+/// so long runs stay readable. Nothing without grids.
+fn samples_section(run: &RunDir, images: &mut Images) -> String {
+    let grids = sample_grids(run);
+    if grids.is_empty() {
+        return String::new();
+    }
+    let mut h = String::from("<section id=\"samples\"><h2>Replay-buffer samples over training</h2>\n<div class=\"row\">\n");
+    let shown = grids.len().min(8);
+    let picks: Vec<usize> = (0..shown).map(|i| if shown == 1 { 0 } else { i * (grids.len() - 1) / (shown - 1) }).collect();
+    for p in picks.iter().map(|&i| &grids[i]) {
+        let stem = p.trim_end_matches(".png").replace("iter_", "iteration ");
+        h += &images.embed(run, &RunDir::sample_grid_inside(p), &stem);
+    }
+    h + "</div></section>\n"
+}
+
+/// Every eval/<metric>.json present: its table of every value and its plots.
+fn evaluation_section(run: &RunDir, images: &mut Images) -> String {
+    let mut h = String::from("<section id=\"evaluation\"><h2>Evaluation</h2>\n");
     let mut any = false;
-    for metric in crate::run::Metric::ALL {
+    for metric in Metric::ALL {
         let Some(v) = read_json(run, &RunDir::eval_record_inside(metric)) else { continue };
         any = true;
         let _ = writeln!(h, "<h3 id=\"eval-{metric}\">{metric}</h3>");
         h += &table(&rows_of(&v));
-        let mut pictures: Vec<String> = v["plots"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(String::from)).collect();
-        if pictures.is_empty() && metric == crate::run::Metric::Calibration {
-            pictures.push("reliability.png".into());
-        }
-        h += "<div class=\"row\">\n";
-        for p in pictures.iter().take(100) {
-            if is_eval_plot(p) {
-                h += &images.embed(run, &format!("eval/{p}"), p);
-            } else {
-                eprintln!(
-                    "warning: {}: eval/{metric}.json lists the plot {:?}: not a plot sadajem eval writes; not embedded",
-                    run.root.display(),
-                    crate::text::shorten(p, 200)
-                );
-                let _ =
-                    writeln!(h, "<p class=\"missing\">not embedded: {}: not a plot sadajem eval writes</p>", escape(&crate::text::shorten(p, 200)));
-            }
-        }
-        h += "</div>\n";
+        h += &eval_plots(run, metric, &v, images);
     }
     if !any {
         h += "<p class=\"missing\">no evaluation yet: run <code>sadajem eval --run-dir RUN</code></p>\n";
     }
-    h += "</section>\n";
+    h + "</section>\n"
+}
 
-    h += "<section id=\"config\"><h2>Configuration</h2>\n<pre>";
-    h += &escape(&config);
-    h += "</pre></section>\n";
+/// The plots one eval record lists (a calibration record of an older version lists none: its
+/// reliability diagram), each embedded if it is one `sadajem eval` writes.
+fn eval_plots(run: &RunDir, metric: Metric, record: &Value, images: &mut Images) -> String {
+    let mut pictures: Vec<String> = record["plots"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(String::from)).collect();
+    if pictures.is_empty() && metric == Metric::Calibration {
+        pictures.push("reliability.png".into());
+    }
+    let mut h = String::from("<div class=\"row\">\n");
+    for p in pictures.iter().take(100) {
+        if is_eval_plot(p) {
+            h += &images.embed(run, &RunDir::eval_plot_inside(p), p);
+        } else {
+            eprintln!(
+                "warning: {}: {} lists the plot {:?}: not a plot sadajem eval writes; not embedded",
+                run.root.display(),
+                RunDir::eval_record_inside(metric),
+                crate::text::shorten(p, 200)
+            );
+            let _ = writeln!(h, "<p class=\"missing\">not embedded: {}: not a plot sadajem eval writes</p>", escape(&crate::text::shorten(p, 200)));
+        }
+    }
+    h + "</div>\n"
+}
 
+/// config.toml as the run has it.
+fn config_section(run: &RunDir) -> String {
+    let config = String::from_utf8_lossy(&run.read_inside(RunDir::CONFIG_INSIDE, MAX_CONFIG).unwrap_or_default()).into_owned();
+    format!("<section id=\"config\"><h2>Configuration</h2>\n<pre>{}</pre></section>\n", escape(&config))
+}
+
+/// The seconds training and each metric took.
+fn timing_section(run: &RunDir) -> String {
     let mut timing: Vec<Row> = vec![];
-    if let Some(s) = fin.as_ref().and_then(|f| f["train_seconds"].as_f64()) {
-        timing.push(("training".into(), format!("{s:.0} s")));
+    if let Some(f) = read_final(run) {
+        timing.push(("training".into(), format!("{:.0} s", f.train_seconds)));
     }
     for (metric, s) in eval_seconds(run) {
         timing.push((format!("eval: {metric}"), format!("{s:.1} s")));
     }
-    h += "<section id=\"timing\"><h2>Timing</h2>\n";
-    h += &table(&timing);
-    h += "</section>\n";
-    // Lets a headless browser test tell that every image decoded.
-    h += "<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n";
-    h += "</body></html>\n";
-    let path = run.report_page();
-    crate::store::atomic::write_atomic(&path, h.as_bytes())?;
-    Ok(path)
+    format!("<section id=\"timing\"><h2>Timing</h2>\n{}</section>\n", table(&timing))
 }
+
+/// The end of the page; its script lets a headless browser test tell that every image decoded.
+const PAGE_END: &str = "<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n";
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\
 h1 code{font-size:.9em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}\
@@ -369,11 +413,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::create(&dir.path().join("r")).unwrap();
         std::fs::write(run.config(), "[train]\nrecipe = \"sadajem\"\n").unwrap();
-        for (i, acc) in [(20, 0.5), (40, 0.7)] {
-            run.log(&serde_json::json!({"kind": "train", "iter": i, "loss": 1.0, "ce": 0.9, "l_px": 0.1, "acc": acc, "lr": 0.1, "lse_data": 2.0, "lse_sample": 2.1})).unwrap();
+        for (iter, acc) in [(20, 0.5), (40, 0.7)] {
+            let (l_px, lse_data, lse_sample) = (Some(0.1), Some(2.0), Some(2.1));
+            let line = TrainLine { iter, epoch: 0, loss: 1.0, ce: 0.9, acc, l_px, lse_data, lse_sample, l2: None, lr: 0.1, img_per_s: 100.0 };
+            run.log(&MetricsLine::Train(line)).unwrap();
         }
-        run.log(&serde_json::json!({"kind": "valid", "iter": 40, "epoch": 1, "valid_acc": 0.65})).unwrap();
-        std::fs::write(run.final_results(), r#"{"test_accuracy": 0.7, "test_accuracy_best_checkpoint": 0.71, "train_seconds": 12.0}"#).unwrap();
+        run.log(&MetricsLine::Valid(ValidLine { iter: 40, epoch: 1, valid_acc: 0.65 })).unwrap();
+        let fin = FinalResults {
+            test_accuracy: 0.7,
+            test_accuracy_best_checkpoint: Some(0.71),
+            best_valid_accuracy: Some(0.65),
+            best_epoch: Some(1),
+            n_valid: 10,
+            n_test: 10,
+            epochs: 1,
+            iterations: 40,
+            rollbacks: 0,
+            train_seconds: 12.0,
+        };
+        std::fs::write(run.final_results(), serde_json::to_string(&fin).unwrap()).unwrap();
         let eval = run.root.join("eval");
         std::fs::create_dir_all(&eval).unwrap();
         examples::write(&run.root, &examples::accuracy(0.72));
@@ -404,6 +462,21 @@ mod tests {
         assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "no network references");
         assert!(!html.contains("missing:"), "every referenced image exists");
         assert!(html.contains("recipe = &quot;sadajem&quot;"), "the config is escaped and shown");
+    }
+
+    /// A run being written: its last metrics.jsonl line cut short, a line of another kind and
+    /// one that is not JSON. The page is written from the lines that parse.
+    #[test]
+    fn a_torn_metrics_line_is_skipped() {
+        let (_d, run) = run_with_results();
+        let mut text = std::fs::read_to_string(run.metrics()).unwrap();
+        text.insert_str(0, "not json\n{\"kind\":\"other\",\"iter\":1}\n");
+        text += "{\"kind\":\"train\",\"iter\":60,\"epo";
+        std::fs::write(run.metrics(), text).unwrap();
+        assert_eq!(metrics(&run).len(), 3, "two training lines and the validation line");
+        let html = std::fs::read_to_string(write(&run).unwrap()).unwrap();
+        assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5);
+        assert!(html.contains("<tr><th>epoch 1</th><td>65.00 %</td></tr>"), "the epoch table");
     }
 
     #[test]

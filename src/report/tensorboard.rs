@@ -333,7 +333,7 @@ pub fn write_eval(run: &RunDir) -> Result<()> {
         json_numbers(&record, &format!("eval/{metric}"), &mut values);
         events.push((step, values));
     }
-    replace_events(&run.tensorboard().join("eval"), events).map(drop)
+    replace_events(&run.tensorboard_eval(), events).map(drop)
 }
 
 #[cfg(test)]
