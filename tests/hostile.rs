@@ -8,6 +8,7 @@ mod forge;
 mod support;
 
 use forge::{Pickle, Record};
+use sadajem::run::RunDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,7 +265,10 @@ fn report_and_compare_read_only_their_own_files_and_never_hang() {
     std::fs::write(run.join("config.toml"), "").unwrap();
     let mut metrics = String::new();
     for (i, v) in [(0, -1e308), (1, 1e308), (2, 5e-324), (3, f64::MAX)] {
-        metrics += &format!("{{\"kind\": \"train\", \"iter\": {i}, \"loss\": {v:e}, \"acc\": {v:e}, \"lr\": {v:e}}}\n");
+        // Whole training lines (the report skips a line missing a field), every number extreme.
+        metrics += &format!(
+            "{{\"kind\": \"train\", \"iter\": {i}, \"epoch\": 0, \"loss\": {v:e}, \"ce\": {v:e}, \"acc\": {v:e}, \"lr\": {v:e}, \"img_per_s\": {v:e}}}\n"
+        );
     }
     std::fs::write(run.join("metrics.jsonl"), metrics).unwrap();
     std::fs::write(run.join("eval/ood.json"), r#"{"sets": {}, "plots": ["/etc/passwd", "../../../../etc/passwd"]}"#).unwrap();
@@ -291,6 +295,10 @@ fn report_and_compare_read_only_their_own_files_and_never_hang() {
         assert!(html.contains(note), "{note}");
     }
     assert!(r.out.contains("warning:") && r.out.contains("not embedded"), "{}", r.out);
+    // The extreme values were plotted, not skipped: the curves exist.
+    for curve in ["loss", "lr"] {
+        assert!(run.join(RunDir::report_curve_inside(curve)).is_file(), "curve {curve} not drawn");
+    }
     let out = dir.path().join("cmp");
     let r = sadajem_env(&["compare", "--out", out.to_str().unwrap(), run.to_str().unwrap()], &[], Duration::from_secs(60));
     assert_eq!(r.code, Some(0), "{}", r.out);
