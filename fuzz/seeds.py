@@ -187,6 +187,8 @@ put("folder_image", "grey8.png", b"\x00\x1b" + png(w, h, 0, 8, [bytes((x * 20 + 
 put("folder_image", "rgba8.png", b"\x01\x07" + png(4, 4, 6, 8, [b"".join(bytes((x * 60, 0, 255, 128)) for x in range(4)) for _ in range(4)]))
 put("folder_image", "grey16.png", b"\x00\x03" + png(4, 3, 0, 16, [b"".join(struct.pack(">H", x * 9000) for x in range(4)) for _ in range(3)]))
 put("folder_image", "palette1.png", b"\x01\x0f" + png(16, 2, 3, 1, [b"\xaa\x55", b"\x55\xaa"], palette=b"\x00\x00\x00\xff\x80\x00"))
+# A palette of 4 bytes, not whole RGB entries: png 0.18.1 panicked on it (found by this target).
+put("folder_image", "palette-partial.png", b"\x01\x0f" + png(2, 2, 3, 8, [b"\x00\x01", b"\x01\x00"], palette=b"\x00\x00\x00\xff"))
 
 
 # ---- pickle: torch.save files, zip and legacy (src/pickle/archive.rs) ----

@@ -193,6 +193,7 @@ fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
 
 /// Decodes one image to `opts.channels` CHW planes of `opts.size` squared.
 fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
+    check_png_palette(path)?;
     // The content decides the decoder, so a JPEG saved as .png still reads.
     let mut reader = ImageReader::open(path).and_then(|r| r.with_guessed_format()).map_err(|e| DataError::io(path, e))?;
     let mut limits = Limits::default();
@@ -226,6 +227,44 @@ fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
             }
         }
         Ok(chw)
+    }
+}
+
+/// Refuses a PNG whose palette (PLTE chunk) is not a whole number of RGB entries. The `png`
+/// crate (0.18.1, the newest) checks only that it holds 3 to 768 bytes and then panics while
+/// expanding the palette (`decoder/transform/palette.rs:74`), which would end a run on one bad
+/// file; the PNG specification (11.2.3) requires a multiple of three. Only the chunk headers up to
+/// the image data are read (a few reads for any real file); anything else wrong with the file is
+/// left for the decoder to report.
+fn check_png_palette(path: &Path) -> Result<(), DataError> {
+    use std::io::{BufReader, ErrorKind, Read};
+    let mut file = BufReader::new(fs::File::open(path).map_err(|e| DataError::io(path, e))?);
+    let mut signature = [0u8; 8];
+    match file.read_exact(&mut signature) {
+        Ok(()) if signature == *b"\x89PNG\r\n\x1a\n" => {}
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(DataError::io(path, e)),
+    }
+    let mut header = [0u8; 8];
+    loop {
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(DataError::io(path, e)),
+        }
+        let length = u32::from_be_bytes(header[..4].try_into().unwrap());
+        match &header[4..] {
+            b"IDAT" | b"IEND" => return Ok(()),
+            b"PLTE" if length % 3 != 0 => {
+                return Err(DataError::malformed(
+                    path,
+                    format!("its palette (PLTE chunk) has {length} bytes, not a whole number of 3-byte RGB entries"),
+                ))
+            }
+            // The chunk's data and its CRC.
+            _ => file.seek_relative(i64::from(length) + 4).map_err(|e| DataError::io(path, e))?,
+        }
     }
 }
 
@@ -372,20 +411,54 @@ mod tests {
         assert!(a[64..].iter().all(|&v| v == 0), "G and B planes");
     }
 
+    /// One PNG chunk: length, type, data, CRC-32.
+    fn png_chunk(kind: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        let mut h = crc32fast::Hasher::new();
+        h.update(kind);
+        h.update(data);
+        c.extend_from_slice(&h.finalize().to_be_bytes());
+        c
+    }
+
+    /// A 2x2 paletted PNG (8-bit indices 0..4) with `palette` as its PLTE chunk.
+    fn paletted_png(palette: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut ihdr = 2u32.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&2u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 3, 0, 0, 0]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&[0, 0, 1, 0, 0, 1]).unwrap();
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(png_chunk(b"IHDR", &ihdr));
+        png.extend(png_chunk(b"PLTE", palette));
+        png.extend(png_chunk(b"IDAT", &z.finish().unwrap()));
+        png.extend(png_chunk(b"IEND", b""));
+        png
+    }
+
+    #[test]
+    fn a_palette_of_partial_entries_is_an_error_not_a_panic() {
+        // Found by the fuzz target folder_image: png 0.18.1 panics on such a palette.
+        let tmp = tempfile::tempdir().unwrap();
+        let grey = FolderOptions { channels: 1, size: 2 };
+        fs::write(tmp.path().join("a.png"), paletted_png(&[0, 0, 0, 255, 255, 255])).unwrap();
+        let whole = load(tmp.path(), Split::Train, grey).unwrap();
+        assert_eq!(whole.images, [0, 255, 0, 255]);
+        for len in [4, 5, 7] {
+            fs::write(tmp.path().join("a.png"), paletted_png(&[255; 7][..len])).unwrap();
+            let msg = load(tmp.path(), Split::Train, grey).unwrap_err().to_string();
+            assert!(msg.contains(&format!("a.png: its palette (PLTE chunk) has {len} bytes")), "{msg}");
+        }
+    }
+
     #[test]
     fn an_image_claiming_huge_sides_is_refused_before_decoding() {
         // A PNG header of 20000x20000 grey pixels and a few bytes of data: decoding it would
         // take 400 MB.
-        let chunk = |kind: &[u8], data: &[u8]| {
-            let mut c = (data.len() as u32).to_be_bytes().to_vec();
-            c.extend_from_slice(kind);
-            c.extend_from_slice(data);
-            let mut h = crc32fast::Hasher::new();
-            h.update(kind);
-            h.update(data);
-            c.extend_from_slice(&h.finalize().to_be_bytes());
-            c
-        };
+        let chunk = png_chunk;
         let mut ihdr = 20000u32.to_be_bytes().to_vec();
         ihdr.extend_from_slice(&20000u32.to_be_bytes());
         ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
