@@ -129,6 +129,7 @@ def main():
     a("--channels-last", action="store_true"); a("--device", default="cpu")
     a("--warmup", type=int, default=3); a("--iters", type=int, default=10); a("--seed", type=int, default=0)
     a("--json", action="store_true")
+    a("--profile", metavar="TRACE", help="after the timing, profile --iters iterations into this Chrome trace")
     args = p.parse_args()
     if args.depth < 10 or (args.depth - 4) % 6 or args.iters < 1:
         p.error("need depth = 6n + 4 with n >= 1, and --iters >= 1")
@@ -241,6 +242,12 @@ def main():
 
     with open("/proc/self/status") as fh:
         hwm_kib = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))
+    if args.profile:  # after the timing and the memory reading, as `sadajem bench --profile`
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(args.iters):
+                iteration()
+            sync()
+        prof.export_chrome_trace(args.profile)
     result = {"impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "device": str(dev), "precision": args.precision, "channels_last": args.channels_last,
               "settings": vars(args), "parts": parts,

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Generator.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -96,6 +97,20 @@ int sj_set_deterministic(int on) {
     if (on != 0)
       ctx.setBenchmarkCuDNN(false);
   });
+}
+
+int sj_profiler_start(void) {
+  return guarded([&] {
+    namespace prof = torch::profiler::impl;
+    prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+    std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+  });
+}
+
+int sj_profiler_stop(const char *path) {
+  return guarded([&] { torch::autograd::profiler::disableProfiler()->save(path); });
 }
 
 } // extern "C"

@@ -40,6 +40,12 @@ int sj_make_channels_last_(void *param);
 // cuDNN's deterministic algorithms without autotuning), or libtorch's defaults again.
 int sj_set_deterministic(int on);
 
+// libtorch's operator profiler (Kineto, CPU activities) started, and stopped with its events
+// written to `path` as a Chrome trace (what torch.profiler's export_chrome_trace writes), for
+// `sadajem bench --profile`.
+int sj_profiler_start(void);
+int sj_profiler_stop(const char *path);
+
 #ifdef __cplusplus
 }
 #endif

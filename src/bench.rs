@@ -45,7 +45,14 @@ pub struct Options {
     pub preset: Option<String>,
     /// Time on this many seeded random images (see [`synthetic_set`]) instead of data.dir.
     pub synthetic: Option<usize>,
+    /// Also profile `iters` whole iterations into this directory (libtorch's operator profiler:
+    /// [`PROFILE_OURS`], and with `reference` PyTorch's [`PROFILE_PYTORCH`]), after the timing.
+    pub profile: Option<PathBuf>,
 }
+
+/// The Chrome traces `--profile` writes; `bench/profile_table.py` tabulates them.
+pub const PROFILE_OURS: &str = "sadajem.trace.json";
+pub const PROFILE_PYTORCH: &str = "pytorch.trace.json";
 
 /// `n` seeded random images of `data.channels` × `data.image_size`² (3 × 32² by default: CIFAR's
 /// shape) with labels cycling over 100 classes for `data.format = cifar100`, 10 otherwise: for a
@@ -177,19 +184,25 @@ pub fn measure(cfg: &Config, opts: &Options) -> Result<Measured> {
     if learner.sam.is_some() {
         parts.insert("sam_pass", time(device, w, n, || recipe::sam_pass(cfg, &learner, &lab, px).expect("a finite loss")));
     }
-    parts.insert(
-        "iteration",
-        time(device, w, n, || {
-            let (lab, x_data) = next_batches(&mut rng);
-            recipe::step(cfg, &mut learner, chains.as_mut(), &lab, &x_data, lr).expect("a finite loss");
-        }),
-    );
+    let mut iteration = || {
+        let (lab, x_data) = next_batches(&mut rng);
+        recipe::step(cfg, &mut learner, chains.as_mut(), &lab, &x_data, lr).expect("a finite loss");
+    };
+    parts.insert("iteration", time(device, w, n, &mut iteration));
     let peak_rss_mib = if device == Device::Cpu { peak_rss_mib() } else { None };
     let peak_cuda_mib = match device {
         Device::Cuda(i) => crate::shim::cuda_peak_allocated(i).map(|b| b as f64 / (1 << 20) as f64),
         _ => None,
     };
     let others_cores = CpuUse::now().others_since(&before);
+    // After the timing, so the profiler's own cost is in no timed part.
+    if let Some(dir) = &opts.profile {
+        let path = dir.join(PROFILE_OURS);
+        crate::shim::profiler_start()?;
+        (0..n).for_each(|_| iteration());
+        sync(device);
+        crate::shim::profiler_stop(&path).with_context(|| format!("{}: writing the profile", path.display()))?;
+    }
     let precision = learner.net.precision();
     let image = (set.channels, set.height, set.num_classes);
     Ok(Measured { parts, flops: flops(cfg, &set), peak_rss_mib, peak_cuda_mib, others_cores, precision, image })
@@ -322,6 +335,10 @@ pub fn reference_args(cfg: &Config, ours: &Measured, opts: &Options, threads: us
     if cfg.train.channels_last {
         args.push("--channels-last".into());
     }
+    if let Some(dir) = &opts.profile {
+        args.push("--profile".into());
+        args.push(dir.join(PROFILE_PYTORCH).display().to_string());
+    }
     args
 }
 
@@ -348,11 +365,15 @@ pub fn run_reference(script: &Path, args: &[String]) -> Result<Value> {
     serde_json::from_str(last).with_context(|| format!("{}: expected a JSON object on its last line, got `{last}`", script.display()))
 }
 
-/// This machine, for the record: CPU model and core count.
+/// This machine, for the record: CPU model, core count, and which of the instruction sets that
+/// decide bf16's and fp32's speed it has (the VM's CPU varies, and its model name alone, "AMD
+/// EPYC", does not say).
 pub fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
-    json!({"cpu": model, "cores": crate::engine::available_cores()})
+    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).map_or(vec![], |l| l.split_whitespace().collect());
+    let isa: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"].into_iter().filter(|f| flags.contains(f)).collect();
+    json!({"cpu": model, "cores": crate::engine::available_cores(), "isa": isa})
 }
 
 /// The record appended to the results file.

@@ -217,6 +217,11 @@ enum Command {
         synthetic: Option<usize>,
         #[arg(long, default_value = "bench/results.jsonl")]
         results: PathBuf,
+        /// After the timing, profile --iters whole iterations with libtorch's operator profiler
+        /// (and PyTorch's, with --reference) into DIR as Chrome traces; `python3
+        /// bench/profile_table.py DIR` prints the top operators of both.
+        #[arg(long, value_name = "DIR")]
+        profile: Option<PathBuf>,
     },
     /// Dataset tools.
     Data {
@@ -321,8 +326,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Report { run_dir } => report(run_dir),
         Command::Compare { out, run_dirs } => compare(out, run_dirs),
-        Command::Bench { settings, warmup, iters, reference, allow_busy, results, synthetic } => {
-            bench_iteration(threads, settings, warmup, iters, reference, allow_busy, results, synthetic)
+        Command::Bench { settings, warmup, iters, reference, allow_busy, results, synthetic, profile } => {
+            let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset: settings.preset.clone(), synthetic, profile };
+            bench_iteration(threads, settings, opts)
         }
         Command::Data { command: DataCommand::Info { path, format, channels, size } } => data_info(threads, path, format, channels, size),
         Command::Data { command: DataCommand::Download { name, to } } => data_download(name, to),
@@ -556,32 +562,24 @@ fn compare(out: PathBuf, run_dirs: Vec<PathBuf>) -> Result<()> {
 }
 
 /// `sadajem bench`: one training iteration timed by parts (and PyTorch's), recorded.
-#[allow(clippy::too_many_arguments)]
-fn bench_iteration(
-    threads: Option<usize>,
-    settings: Settings,
-    warmup: usize,
-    iters: usize,
-    reference: bool,
-    allow_busy: bool,
-    results: PathBuf,
-    synthetic: Option<usize>,
-) -> Result<()> {
+fn bench_iteration(threads: Option<usize>, settings: Settings, opts: bench::Options) -> Result<()> {
     let cfg = settings.load()?;
     let threads = engine::init(threads.unwrap_or(cfg.train.threads));
-    let opts = bench::Options { warmup, iters, reference, allow_busy, results, preset: settings.preset.clone(), synthetic };
+    if let Some(dir) = &opts.profile {
+        std::fs::create_dir_all(dir).with_context(|| format!("--profile {}: cannot create the directory", dir.display()))?;
+    }
     let idle = bench::others_load(1.0);
-    if idle > bench::BUSY_CORES && !allow_busy {
+    if idle > bench::BUSY_CORES && !opts.allow_busy {
         bail!(
             "other processes are using {idle:.1} cores; a benchmark now would measure them too. Wait until the machine is idle, or pass --allow-busy"
         );
     }
     let ours = bench::measure(&cfg, &opts)?;
     println!(
-        "{:?} WRN-{}-{} ({:?}, channels_last {}) on {} with {threads} thread(s): {warmup} warm-up + {iters} timed repetitions per part",
-        cfg.train.recipe, cfg.model.depth, cfg.model.widen, ours.precision, cfg.train.channels_last, cfg.train.device
+        "{:?} WRN-{}-{} ({:?}, channels_last {}) on {} with {threads} thread(s): {} warm-up + {} timed repetitions per part",
+        cfg.train.recipe, cfg.model.depth, cfg.model.widen, ours.precision, cfg.train.channels_last, cfg.train.device, opts.warmup, opts.iters
     );
-    let theirs = if reference {
+    let theirs = if opts.reference {
         let args = bench::reference_args(&cfg, &ours, &opts, threads);
         println!("timing the same iteration in PyTorch (bench/reference_step.py)");
         Some(bench::run_reference(std::path::Path::new("bench/reference_step.py"), &args)?)
@@ -592,12 +590,15 @@ fn bench_iteration(
     print!("{}", bench::table(&rec));
     if ours.others_cores > bench::BUSY_CORES {
         println!("warning: other processes used {:.2} cores during the measurement: these times are inflated", ours.others_cores);
-        if !allow_busy {
+        if !opts.allow_busy {
             bail!("not recorded in {} (rerun on an idle machine, or pass --allow-busy)", opts.results.display());
         }
     }
     bench::append(&opts.results, &rec)?;
     println!("recorded → {}", opts.results.display());
+    if let Some(dir) = &opts.profile {
+        println!("profiles → {}; the top operators: python3 bench/profile_table.py {} --iters {}", dir.display(), dir.display(), opts.iters);
+    }
     Ok(())
 }
 

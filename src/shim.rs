@@ -13,6 +13,8 @@ extern "C" {
     fn sj_channels_last(x: *mut c_void, out: *mut *mut c_void) -> c_int;
     fn sj_make_channels_last_(param: *mut c_void) -> c_int;
     fn sj_set_deterministic(on: c_int) -> c_int;
+    fn sj_profiler_start() -> c_int;
+    fn sj_profiler_stop(path: *const std::ffi::c_char) -> c_int;
 }
 
 fn cuda_index(device: tch::Device) -> c_int {
@@ -225,6 +227,28 @@ pub fn set_deterministic(on: bool) {
     if rc != 0 {
         panic!("setting deterministic mode: {}", last_error());
     }
+}
+
+/// Starts libtorch's operator profiler (CPU operators, on every thread): what
+/// `sadajem bench --profile` records.
+pub fn profiler_start() -> Result<(), TchError> {
+    // SAFETY: no arguments; the shim turns a C++ exception into the error code.
+    if unsafe { sj_profiler_start() } != 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// Stops the profiler [`profiler_start`] started and writes its events to `path` as a Chrome
+/// trace (the format of torch.profiler's `export_chrome_trace`).
+pub fn profiler_stop(path: &std::path::Path) -> Result<(), TchError> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| TchError::Torch(format!("{}: a path with a NUL byte", path.display())))?;
+    // SAFETY: `c_path` is NUL-terminated and alive for the call; the shim only reads it.
+    if unsafe { sj_profiler_stop(c_path.as_ptr()) } != 0 {
+        return Err(last_error());
+    }
+    Ok(())
 }
 
 /// `x` with channels_last (NHWC) strides; same shape and values.

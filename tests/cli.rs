@@ -603,10 +603,14 @@ fn bench_against_pytorch_prints_both_times_and_the_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("r.jsonl");
     let mut args = TINY_BENCH.to_vec();
-    args.extend(["--results", results.to_str().unwrap(), "--reference", "--threads", "1"]);
+    let profile = dir.path().join("profile");
+    args.extend(["--results", results.to_str().unwrap(), "--reference", "--threads", "1", "--profile", profile.to_str().unwrap()]);
     let o = command(&args).env("SADAJEM_BENCH_PYTHON", python).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("PyTorch med"), "{}", text(&o));
+    // Both sides call the same ATen convolutions the same number of times.
+    let conv = profile_row(&profile_table(&profile, 2), "aten::convolution");
+    assert_eq!((conv[1], conv[3]), (99.0, 99.0), "{conv:?}");
     let r = &bench_records(&results)[0];
     let theirs = &r["reference"];
     assert_eq!(theirs["impl"], "pytorch");
@@ -617,6 +621,42 @@ fn bench_against_pytorch_prints_both_times_and_the_ratio() {
     let ours = r["parts"]["iteration"]["median_s"].as_f64().unwrap();
     let pytorch = theirs["parts"]["iteration"]["median_s"].as_f64().unwrap();
     assert!((r["ratio_iteration"].as_f64().unwrap() - ours / pytorch).abs() < 1e-9);
+}
+
+/// Runs `bench/profile_table.py` on a `bench --profile` directory and returns its table.
+fn profile_table(dir: &Path, iters: usize) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/profile_table.py");
+    let o = std::process::Command::new("python3").arg(script).arg(dir).args(["--iters", &iters.to_string(), "--top", "200"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
+/// The cells of `operator`'s row of a profile table.
+fn profile_row(table: &str, operator: &str) -> Vec<f64> {
+    let row = table.lines().find(|l| l.starts_with(&format!("| `{operator}` |"))).unwrap_or_else(|| panic!("no {operator} row:\n{table}"));
+    row.split('|').skip(2).filter_map(|c| c.trim().parse().ok()).collect()
+}
+
+#[test]
+fn bench_profile_records_every_convolution_of_an_iteration() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile");
+    let mut args = TINY_BENCH.to_vec();
+    let results = dir.path().join("r.jsonl");
+    args.extend(["--results", results.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--threads", "1"]);
+    let o = sadajem(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(profile.join("sadajem.trace.json").exists() && !profile.join("pytorch.trace.json").exists());
+    let table = profile_table(&profile, 2);
+    // WRN-10-1 runs 9 convolutions a forward (the stem, 2 + 3 + 3 in the blocks: the first
+    // block keeps its width and has no shortcut). An iteration of the preset's K = 5 sampler
+    // steps and two passes of three forwards: 11 forwards, 5 input-only backwards and 2
+    // backwards through three forwards each.
+    assert_eq!(profile_row(&table, "aten::convolution")[1], 11.0 * 9.0, "{table}");
+    assert_eq!(profile_row(&table, "aten::convolution_backward")[1], (5.0 + 6.0) * 9.0, "{table}");
+    let summary = table.lines().find(|l| l.starts_with("sadajem: operators")).expect("the summary line");
+    let ms: Vec<f64> = summary.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(ms[0] > 0.0 && ms[0] <= ms[1] * 1.001, "self times cannot sum past the wall time: {summary}");
 }
 
 #[test]
