@@ -644,7 +644,7 @@ pub struct EvalConfig {
     /// The Inception network's arithmetic: `fp32` (the standard), `bf16` (bf16 convolutions on
     /// channels_last inputs), or `auto` (the default: bf16 where the hardware has it natively,
     /// fp32 elsewhere). bf16 moved FID by 0.16 % and 0.48 % of its fp32 value on the same
-    /// images, at 2.1× the speed (docs/performance.md, "FID in bf16"); eval/fid.json records
+    /// images, at twice the speed (docs/performance.md, "FID in bf16"); eval/fid.json records
     /// which one ran.
     pub fid_precision: Precision,
     /// `buffer` (the reference's: replay buffer, the most confident 90 % / 10 % per predicted

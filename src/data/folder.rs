@@ -238,21 +238,22 @@ fn decode(path: &Path, opts: FolderOptions) -> Result<Vec<u8>, DataError> {
 /// left for the decoder to report.
 fn check_png_palette(path: &Path) -> Result<(), DataError> {
     use std::io::{BufReader, ErrorKind, Read};
+    // Fills `buf`; false where the file ends first (too short to be a PNG, or cut short: both
+    // for the decoder to report).
+    fn read(file: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<bool, DataError> {
+        match file.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(DataError::io(path, e)),
+        }
+    }
     let mut file = BufReader::new(fs::File::open(path).map_err(|e| DataError::io(path, e))?);
     let mut signature = [0u8; 8];
-    match file.read_exact(&mut signature) {
-        Ok(()) if signature == *b"\x89PNG\r\n\x1a\n" => {}
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-        Err(e) => return Err(DataError::io(path, e)),
+    if !read(&mut file, &mut signature, path)? || signature != *b"\x89PNG\r\n\x1a\n" {
+        return Ok(());
     }
     let mut header = [0u8; 8];
-    loop {
-        match file.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(DataError::io(path, e)),
-        }
+    while read(&mut file, &mut header, path)? {
         let length = u32::from_be_bytes(header[..4].try_into().unwrap());
         match &header[4..] {
             b"IDAT" | b"IEND" => return Ok(()),
@@ -266,6 +267,7 @@ fn check_png_palette(path: &Path) -> Result<(), DataError> {
             _ => file.seek_relative(i64::from(length) + 4).map_err(|e| DataError::io(path, e))?,
         }
     }
+    Ok(())
 }
 
 /// Crops the centre square (so faces and objects keep their proportions) and resizes it to
@@ -458,14 +460,13 @@ mod tests {
     fn an_image_claiming_huge_sides_is_refused_before_decoding() {
         // A PNG header of 20000x20000 grey pixels and a few bytes of data: decoding it would
         // take 400 MB.
-        let chunk = png_chunk;
         let mut ihdr = 20000u32.to_be_bytes().to_vec();
         ihdr.extend_from_slice(&20000u32.to_be_bytes());
         ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        png.extend(chunk(b"IHDR", &ihdr));
-        png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
-        png.extend(chunk(b"IEND", b""));
+        png.extend(png_chunk(b"IHDR", &ihdr));
+        png.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+        png.extend(png_chunk(b"IEND", b""));
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("huge.png"), png).unwrap();
         let msg = load(tmp.path(), Split::Train, rgb32()).unwrap_err().to_string();
