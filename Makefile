@@ -29,11 +29,13 @@ gpu-check-dry-run: setup
 demo: setup
 	scripts/demo.sh
 
-# The unit and end-to-end tests, then the browser test on the report the end-to-end eval test
-# leaves in target/test-artifacts/ (a shortened budget: a 1-epoch SADA-JEM run on 1,000 images).
+# The unit and end-to-end tests, then the browser test on the pages the end-to-end tests leave
+# in target/test-artifacts/: the eval test's report (a 1-epoch SADA-JEM run on 1,000 images) and
+# the study test's comparison (two 2-epoch runs, each epoch's checkpoint evaluated).
 test: setup
 	cargo test --no-fail-fast 2>&1
 	scripts/browser-test.sh target/test-artifacts/eval-run/report.html target/test-artifacts
+	scripts/browser-test.sh target/test-artifacts/compare/compare.html target/test-artifacts 3 summary tables curves
 
 # The hygiene gates CI runs after the tests: formatting (rustfmt.toml) and clippy, warnings as errors.
 lint: setup

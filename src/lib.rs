@@ -22,8 +22,9 @@
 //! - [`optim`]: SGD and Adam with coupled weight decay, SAM/ASAM, the learning-rate schedule.
 //! - [`sampler`]: SGLD — starting points ([`sampler::init`]), the replay buffer
 //!   ([`sampler::buffer`]), the JEM / SADA-JEM / JEM++ step rules ([`sampler::sgld`]).
-//! - [`report`]: sample grids and plots (PNG), the HTML report, `compare`, TensorBoard event
-//!   files ([`report::tensorboard`]).
+//! - [`report`]: sample grids and plots (PNG), the HTML report, a study's points
+//!   ([`report::study`]) and `compare`'s tables and learning curves, TensorBoard event files
+//!   ([`report::tensorboard`]).
 //! - [`eval`]: each metric's pure functions beside its driver (accuracy, calibration, OOD,
 //!   robustness, generation, FID/KID/IS), the Inception network ([`eval::inception`]), and
 //!   [`eval::evaluate`], which loads a checkpoint once and runs the metrics asked for.

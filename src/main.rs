@@ -84,6 +84,10 @@ enum Command {
         /// `best` (the best validation checkpoint), `latest`, or a checkpoint file.
         #[arg(long, default_value = "best")]
         checkpoint: Checkpoint,
+        /// Write the records and plots into this directory instead of RUN_DIR/eval (a study's
+        /// evaluation of each kept checkpoint, scripts/reproduce.sh); TensorBoard is left alone.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         /// Override an evaluation (or any) setting, e.g. `--set eval.pgd_steps=20` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -189,7 +193,8 @@ enum Command {
         #[arg(long)]
         run_dir: PathBuf,
     },
-    /// Compare runs: OUT/comparison.md (one column per run) and OUT/robustness.png.
+    /// Compare runs: OUT/comparison.md and OUT/compare.html (one column per run; for runs with a
+    /// study, a table per run and learning curves in OUT/curves/) and OUT/robustness.png.
     Compare {
         #[arg(long)]
         out: PathBuf,
@@ -316,7 +321,7 @@ fn run(cli: Cli) -> Result<()> {
     let threads = cli.threads;
     match cli.command {
         Command::Train { settings, run_dir, resume, nproc } => train(threads, settings, run_dir, resume, nproc),
-        Command::Eval { run_dir, only, checkpoint, overrides } => eval(threads, run_dir, only, checkpoint, overrides),
+        Command::Eval { run_dir, only, checkpoint, out, overrides } => eval(threads, run_dir, only, checkpoint, out, overrides),
         Command::Sample { run_dir, n, class, out, checkpoint, overrides } => sample(threads, run_dir, n, class, out, checkpoint, overrides),
         Command::Import { file, out, data, preset, overrides, strict, max_tensor_bytes } => {
             import(threads, file, out, data, preset, overrides, strict, max_tensor_bytes)
@@ -400,14 +405,21 @@ fn train(threads: Option<usize>, settings: Settings, run_dir: Option<PathBuf>, r
     Ok(())
 }
 
-/// `sadajem eval`: the metrics of one checkpoint, each into RUN/eval/<metric>.json.
-fn eval(threads: Option<usize>, run_dir: PathBuf, only: Vec<Metric>, checkpoint: Checkpoint, overrides: Vec<String>) -> Result<()> {
+/// `sadajem eval`: the metrics of one checkpoint, each into RUN/eval/<metric>.json (or OUT/).
+fn eval(
+    threads: Option<usize>,
+    run_dir: PathBuf,
+    only: Vec<Metric>,
+    checkpoint: Checkpoint,
+    out: Option<PathBuf>,
+    overrides: Vec<String>,
+) -> Result<()> {
     let run = RunDir::open(&run_dir)?;
     let cfg = Config::load_with(&run.config(), &overrides)?;
     let threads = engine::init(threads.unwrap_or(cfg.train.threads));
     let mut metrics: Vec<Metric> = Metric::ALL.into_iter().filter(|m| only.is_empty() || only.contains(m)).collect();
     let ckpt = run.checkpoint(&checkpoint, cfg.data.n_valid > 0);
-    let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
+    let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt, out.as_deref())?;
     if only.is_empty() {
         if let Err(e) = ev.inception_path() {
             println!("note: skipping fid: {e}");
@@ -417,7 +429,7 @@ fn eval(threads: Option<usize>, run_dir: PathBuf, only: Vec<Metric>, checkpoint:
     let names: Vec<&str> = metrics.iter().map(|m| m.name()).collect();
     println!("evaluating {} ({}) with {threads} thread(s): {}", run.root.display(), ckpt.display(), names.join(", "));
     ev.run(&metrics, |o| println!("{:>12}  {}", o.metric, o.summary))?;
-    println!("results → {}", run.eval().display());
+    println!("results → {}", out.unwrap_or(run.eval()).display());
     Ok(())
 }
 
@@ -435,7 +447,7 @@ fn sample(
     let cfg = Config::load_with(&run.config(), &overrides)?;
     engine::init(threads.unwrap_or(cfg.train.threads));
     let ckpt = run.checkpoint(&checkpoint, cfg.data.n_valid > 0);
-    let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt)?;
+    let ev = evaluate::Evaluation::new(&cfg, &run, &ckpt, None)?;
     if let Some(c) = class {
         if c < 0 || c as usize >= ev.num_classes() {
             bail!("--class {c}: the model has classes 0..={}", ev.num_classes() - 1);
@@ -558,7 +570,7 @@ fn report(run_dir: PathBuf) -> Result<()> {
 fn compare(out: PathBuf, run_dirs: Vec<PathBuf>) -> Result<()> {
     let runs = run_dirs.iter().map(|d| RunDir::open(d)).collect::<Result<Vec<_>>>()?;
     print!("{}", sadajem::report::compare::write(&runs, &out)?);
-    println!("comparison → {}", out.join("comparison.md").display());
+    println!("comparison → {} and {}", out.join("comparison.md").display(), out.join("compare.html").display());
     Ok(())
 }
 

@@ -76,6 +76,9 @@ pub struct RunDir {
 const SAMPLES_DIR: &str = "samples";
 const EVAL_DIR: &str = "eval";
 const REPORT_DIR: &str = "report";
+const STUDY_DIR: &str = "study";
+/// The most checkpoints of one run a comparison reads (a study of 200 epochs evaluates ≤ 200).
+pub const MAX_STUDY_POINTS: usize = 1000;
 
 impl RunDir {
     /// `config.toml`, `metrics.jsonl` and `final.json` relative to the run: what
@@ -83,6 +86,7 @@ impl RunDir {
     pub const CONFIG_INSIDE: &'static str = "config.toml";
     pub const METRICS_INSIDE: &'static str = "metrics.jsonl";
     pub const FINAL_RESULTS_INSIDE: &'static str = "final.json";
+    pub const EVAL_INSIDE: &'static str = EVAL_DIR;
 
     /// Creates a new run directory; refuses one that already holds a run.
     pub fn create(root: &Path) -> Result<RunDir> {
@@ -277,19 +281,56 @@ impl RunDir {
     pub fn eval(&self) -> PathBuf {
         self.root.join(EVAL_DIR)
     }
-    /// `eval/<metric>.json`, the record one metric of `sadajem eval` writes.
-    pub fn eval_record(&self, metric: Metric) -> PathBuf {
-        self.root.join(Self::eval_record_inside(metric))
+    /// `eval/<metric>.json`, the record one metric of `sadajem eval` writes, relative to the
+    /// run: what [`RunDir::read_inside`] takes.
+    pub fn eval_record_inside(metric: Metric) -> String {
+        Self::record_inside(EVAL_DIR, metric)
     }
 
-    /// The same, relative to the run: what [`RunDir::read_inside`] takes.
-    pub fn eval_record_inside(metric: Metric) -> String {
-        format!("{EVAL_DIR}/{}.json", metric.name())
+    /// A metric's record in the run's directory `dir` (`eval`, or a study point's), relative to
+    /// the run.
+    pub fn record_inside(dir: &str, metric: Metric) -> String {
+        format!("{dir}/{}", Self::record_name(metric))
+    }
+
+    /// The file name of a metric's record, `<metric>.json`, in eval/ or a study point's directory.
+    pub fn record_name(metric: Metric) -> String {
+        format!("{}.json", metric.name())
     }
 
     /// A plot in `eval/` by its file name (as a record's `plots` lists it), relative to the run.
     pub fn eval_plot_inside(name: &str) -> String {
         format!("{EVAL_DIR}/{name}")
+    }
+
+    /// `study/`: one directory per evaluated checkpoint, `study/iter_NNNNNNN/` with the records
+    /// `sadajem eval --out` writes (scripts/reproduce.sh).
+    pub fn study(&self) -> PathBuf {
+        self.root.join(STUDY_DIR)
+    }
+
+    /// The study's points as paths relative to the run (`study/iter_0000429`), sorted: only
+    /// directories named `iter_` and digits, not links, at most [`MAX_STUDY_POINTS`] (a run
+    /// directory may come from anyone; anything else there is ignored).
+    pub fn study_points(&self) -> Vec<String> {
+        let study = self.study();
+        if !std::fs::symlink_metadata(&study).is_ok_and(|m| m.is_dir()) {
+            return vec![];
+        }
+        let Ok(entries) = std::fs::read_dir(&study) else { return vec![] };
+        let mut names: Vec<String> = entries
+            .take(MAX_STUDY_POINTS * 4)
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                let digits = name.strip_prefix("iter_")?;
+                let plain = !digits.is_empty() && digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_digit());
+                (plain && e.file_type().ok()?.is_dir()).then_some(name)
+            })
+            .collect();
+        names.sort();
+        names.truncate(MAX_STUDY_POINTS);
+        names.into_iter().map(|n| format!("{STUDY_DIR}/{n}")).collect()
     }
 
     /// The checkpoint `which` names. A run without a validation split (`data.n_valid = 0`) has
@@ -597,6 +638,25 @@ mod tests {
         assert_eq!(inside(RunDir::report_curve_inside("loss")), run.report_curve("loss"));
         assert_eq!(run.tensorboard_eval(), PathBuf::from("/runs/r/tensorboard/eval"));
         assert_eq!(RunDir::report_curve_inside("lr"), "report/curve_lr.png");
+        assert_eq!(run.study(), PathBuf::from("/runs/r/study"));
+    }
+
+    #[test]
+    fn study_points_are_the_iteration_directories_and_no_link_or_stray_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(&dir.path().join("r")).unwrap();
+        assert!(run.study_points().is_empty());
+        for d in ["iter_0000010", "iter_0000005", "junk", "iter_12x", "iter_"] {
+            std::fs::create_dir_all(run.study().join(d)).unwrap();
+        }
+        std::fs::write(run.study().join("iter_0000007"), "a file").unwrap();
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), run.study().join("iter_0000008")).unwrap();
+        assert_eq!(run.study_points(), ["study/iter_0000005", "study/iter_0000010"]);
+        // A study/ that is itself a link leads out of the run: no points.
+        let other = RunDir::create(&dir.path().join("o")).unwrap();
+        std::os::unix::fs::symlink(run.study(), other.study()).unwrap();
+        assert!(other.study_points().is_empty());
     }
 
     #[test]

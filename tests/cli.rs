@@ -428,6 +428,66 @@ fn eval_writes_every_metric_and_plot_and_report_and_sample_draws_a_grid() {
     }
 }
 
+/// scripts/reproduce.sh's steps on two tiny runs: two epochs each with every epoch's checkpoint
+/// kept, each checkpoint evaluated into the run's study/, then compared. The page is kept in
+/// target/test-artifacts/compare/ for scripts/browser-test.sh.
+#[test]
+fn a_study_of_two_runs_is_compared_in_tables_and_learning_curves() {
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/compare");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    let keep = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=0", "--set", "train.keep_checkpoints=3"];
+    let (softmax, sadajem_run) = (artifacts.join("runs/softmax"), artifacts.join("runs/sadajem"));
+    assert!(train(&softmax, &keep).status.success());
+    let o = train_jem(&sadajem_run, &keep);
+    assert!(o.status.success(), "{}", text(&o));
+    let evaluation = ["--only", "accuracy,calibration,robustness", "--set", "eval.n_test=200", "--set", "eval.pgd_n=20", "--set", "eval.pgd_steps=2"];
+    let more = ["--set", "eval.pgd_linf_eps=[8]", "--set", "eval.pgd_l2_eps=[]", "--set", "train.threads=1"];
+    for run in [&softmax, &sadajem_run] {
+        let numbered: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("iter_") && !p.ends_with("iter_0000000.safetensors"))
+            .collect();
+        assert_eq!(numbered.len(), 1, "epoch 1's checkpoint kept beside latest (and the untrained start): {numbered:?}");
+        let iterations = final_json(run)["iterations"].as_u64().unwrap();
+        for (ckpt, name) in [
+            (numbered[0].clone(), numbered[0].file_stem().unwrap().to_str().unwrap().to_string()),
+            (run.join("checkpoints/latest.safetensors"), format!("iter_{iterations:07}")),
+        ] {
+            let out = run.join("study").join(name);
+            let mut args = vec!["eval", "--run-dir", run.to_str().unwrap(), "--checkpoint", ckpt.to_str().unwrap(), "--out", out.to_str().unwrap()];
+            args.extend(evaluation.iter().chain(&more));
+            let o = sadajem(&args);
+            assert!(o.status.success(), "{}", text(&o));
+        }
+        assert!(!run.join("eval").exists() && !run.join("tensorboard/eval").exists(), "--out leaves the run's eval/ and TensorBoard alone");
+    }
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sadajem_run.join("study/iter_0000031/accuracy.json")).unwrap()).unwrap();
+    assert_eq!((first["iteration"].as_u64(), first["epoch"].as_u64()), (Some(31), Some(1)), "{first}");
+    let seconds = first["train_seconds"].as_f64().unwrap();
+    assert!(seconds > 0.0 && seconds < final_json(&sadajem_run)["train_seconds"].as_f64().unwrap(), "{first}");
+
+    let o = sadajem(&["compare", "--out", artifacts.to_str().unwrap(), softmax.to_str().unwrap(), sadajem_run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let md = std::fs::read_to_string(artifacts.join("comparison.md")).unwrap();
+    for run in ["softmax", "sadajem"] {
+        let table = md.split(&format!("### {run}\n\n")).nth(1).unwrap_or_else(|| panic!("no table for {run}: {md}"));
+        let rows: Vec<&str> = table.lines().take_while(|l| l.starts_with('|')).collect();
+        assert!(rows[0].starts_with("| epoch | training s | test accuracy | ECE | robust accuracy linf eps 8/255 |"), "{md}");
+        assert_eq!(rows.len(), 4, "a row per evaluated epoch: {md}");
+        assert!(rows[2].starts_with("| 1 |") && rows[3].starts_with("| 2 |"), "{md}");
+    }
+    for number in ["test-accuracy", "ece", "robust-accuracy-linf-eps-8-255"] {
+        for axis in ["epochs", "seconds"] {
+            let png = artifacts.join(format!("curves/{number}-{axis}.png"));
+            assert!(image::open(&png).is_ok_and(|i| i.width() > 100), "{}", png.display());
+        }
+    }
+    let page = std::fs::read_to_string(artifacts.join("compare.html")).unwrap();
+    assert_eq!(page.matches("src=\"data:image/png;base64,").count(), 1 + 3 * 2, "robustness and two curves per number");
+}
+
 /// The authors' checkpoint layout in (scripts/make-reference-fixture.py: a WRN-10-1 on
 /// Fashion-MNIST's shape), evaluated and sampled, exported in both formats and imported again.
 #[test]

@@ -2,8 +2,9 @@
 //! after it, beside its pure functions: [`super::accuracy`], [`super::calibration`],
 //! [`super::ood`], [`super::robustness`], [`super::generation`], [`super::fid`]), and writes
 //! `RUN/eval/<metric>.json` (the typed records of [`crate::records::eval`]: values, settings,
-//! dataset, checkpoint, protocol, seconds) with its PNG plots. Like the trainer, it owns the
-//! progress bars.
+//! dataset, checkpoint, protocol, seconds) with its PNG plots, or the same into another
+//! directory (`sadajem eval --out`: a study's evaluation of each kept checkpoint). Like the
+//! trainer, it owns the progress bars.
 use crate::config::Config;
 use crate::data::{augment, augment::Augment, split, ImageSet, Split};
 use crate::model::{energy, Mode, Wrn};
@@ -35,8 +36,11 @@ pub struct Evaluation<'a> {
     _vs: nn::VarStore,
     pub(super) net: Wrn,
     pub(super) checkpoint: PathBuf,
-    /// The training iteration the checkpoint holds (None for one without a training state).
+    /// The training iteration the checkpoint holds, its epochs done and training seconds
+    /// (None for one without a training state).
     pub(super) iteration: Option<u64>,
+    epoch: Option<u64>,
+    train_seconds: Option<f64>,
     /// The checkpoint's replay buffer (joint recipes only), on the CPU.
     pub(super) buffer: Option<Tensor>,
     pub(super) run: RunDir,
@@ -52,7 +56,9 @@ pub(super) fn to_vec(t: &Tensor) -> Vec<f64> {
 }
 
 impl<'a> Evaluation<'a> {
-    pub fn new(cfg: &'a Config, run: &RunDir, checkpoint: &Path) -> Result<Self> {
+    /// An evaluation of `checkpoint` writing into `out` (default: the run's eval/; elsewhere, the
+    /// run's TensorBoard logs, which show eval/, are left alone).
+    pub fn new(cfg: &'a Config, run: &RunDir, checkpoint: &Path, out: Option<&Path>) -> Result<Self> {
         let device = crate::engine::parse_device(cfg.train.device)?;
         let mut test = split::load_split(cfg, Split::Test)?;
         test.keep_first(cfg.eval.n_test);
@@ -62,15 +68,17 @@ impl<'a> Evaluation<'a> {
         let (tensors, state): (_, Value) = checkpoint::load(checkpoint)?;
         checkpoint::load_model(&vs, &tensors, "model.", checkpoint)?;
         let buffer = tensors.get("sampler.buffer").map(|b| b.to_device(Device::Cpu));
-        let mut ev = Self::with_model(cfg, run, vs, net, test)?;
-        (ev.checkpoint, ev.iteration, ev.buffer) = (checkpoint.to_path_buf(), state.get("iter").and_then(Value::as_u64), buffer);
+        let mut ev = Self::with_model(cfg, run, vs, net, test, out.map_or(run.eval(), Path::to_path_buf))?;
+        (ev.checkpoint, ev.buffer) = (checkpoint.to_path_buf(), buffer);
+        ev.iteration = state.get("iter").and_then(Value::as_u64);
+        ev.epoch = state.get("epoch").and_then(Value::as_u64);
+        ev.train_seconds = state.get("train_seconds").and_then(Value::as_f64);
         Ok(ev)
     }
 
     /// An evaluation of the network `net` (its variables in `vs`) on `test`, without a
-    /// checkpoint: no iteration, no replay buffer. Creates `run`'s eval/.
-    pub(super) fn with_model(cfg: &'a Config, run: &RunDir, vs: nn::VarStore, net: Wrn, test: ImageSet) -> Result<Self> {
-        let out = run.eval();
+    /// checkpoint: no iteration, no replay buffer. Creates `out`.
+    pub(super) fn with_model(cfg: &'a Config, run: &RunDir, vs: nn::VarStore, net: Wrn, test: ImageSet, out: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
         Ok(Evaluation {
             cfg,
@@ -79,6 +87,8 @@ impl<'a> Evaluation<'a> {
             net,
             checkpoint: PathBuf::new(),
             iteration: None,
+            epoch: None,
+            train_seconds: None,
             buffer: None,
             run: run.clone(),
             out,
@@ -104,7 +114,9 @@ impl<'a> Evaluation<'a> {
                 Metric::Generation => self.write(m, started, self.generation()?)?,
                 Metric::Fid => self.write(m, started, self.fid()?)?,
             };
-            crate::report::tensorboard::write_eval(&self.run)?;
+            if self.out == self.run.eval() {
+                crate::report::tensorboard::write_eval(&self.run)?;
+            }
             let outcome = Outcome { metric: m, summary, file };
             report(&outcome);
             done.push(outcome);
@@ -118,6 +130,8 @@ impl<'a> Evaluation<'a> {
             metric: metric.name().into(),
             checkpoint: self.checkpoint.display().to_string(),
             iteration: self.iteration,
+            epoch: self.epoch,
+            train_seconds: self.train_seconds,
             dataset: DatasetAbout { dir: self.cfg.data.dir.display().to_string(), split: "test".into(), n_test: self.test.n },
             seconds: started.elapsed().as_secs_f64(),
         }
@@ -127,7 +141,7 @@ impl<'a> Evaluation<'a> {
     /// driver's summary.
     fn write<T: Serialize>(&self, metric: Metric, started: Instant, (values, summary): (T, String)) -> Result<(PathBuf, String)> {
         let record = EvalRecord { values, header: self.header(metric, started) };
-        let file = self.run.eval_record(metric);
+        let file = self.out.join(RunDir::record_name(metric));
         crate::store::atomic::write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
         Ok((file, summary))
     }
@@ -189,7 +203,7 @@ pub(super) mod tiny {
         let run = RunDir::create(&dir.join("run")).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let net = Wrn::new(&vs.root(), &cfg.model, 1, 3);
-        Evaluation::with_model(cfg, &run, vs, net, images(n)).unwrap()
+        Evaluation::with_model(cfg, &run, vs, net, images(n), run.eval()).unwrap()
     }
 }
 

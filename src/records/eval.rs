@@ -23,6 +23,12 @@ pub struct Header {
     pub checkpoint: String,
     /// The training iteration the checkpoint holds (null for one without a training state).
     pub iteration: Option<u64>,
+    /// The epochs it had finished and its training seconds, for learning curves (absent for a
+    /// checkpoint without a training state, and in records written before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds: Option<f64>,
     pub dataset: DatasetAbout,
     /// Wall-clock time of the metric.
     pub seconds: f64,
@@ -334,7 +340,15 @@ pub mod examples {
 
     pub fn header(metric: &str) -> Header {
         let dataset = DatasetAbout { dir: "data/mnist".into(), split: "test".into(), n_test: 200 };
-        Header { metric: metric.into(), checkpoint: "run/checkpoints/latest.safetensors".into(), iteration: Some(31), dataset, seconds: 1.5 }
+        Header {
+            metric: metric.into(),
+            checkpoint: "run/checkpoints/latest.safetensors".into(),
+            iteration: Some(31),
+            epoch: None,
+            train_seconds: None,
+            dataset,
+            seconds: 1.5,
+        }
     }
 
     pub fn accuracy(accuracy: f64) -> EvalRecord<AccuracyRecord> {

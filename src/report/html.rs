@@ -37,7 +37,7 @@ pub(super) fn read_json(run: &RunDir, rel: &str) -> Option<Value> {
     serde_json::from_slice(&run.read_inside(rel, MAX_JSON).ok()?).ok()
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -53,9 +53,10 @@ fn read_final(run: &RunDir) -> Option<FinalResults> {
     serde_json::from_slice(&run.read_inside(RunDir::FINAL_RESULTS_INSIDE, MAX_JSON).ok()?).ok()
 }
 
-/// An `eval/<metric>.json` of the run as its typed record, if it is there and parses.
-pub(super) fn read_record<T: DeserializeOwned>(run: &RunDir, metric: Metric) -> Option<EvalRecord<T>> {
-    serde_json::from_slice(&run.read_inside(&RunDir::eval_record_inside(metric), MAX_JSON).ok()?).ok()
+/// A metric's record in the run's directory `dir` (`eval`, or a study point's
+/// `study/iter_NNNNNNN`) as its typed record, if it is there and parses.
+pub(super) fn read_record_in<T: DeserializeOwned>(run: &RunDir, dir: &str, metric: Metric) -> Option<EvalRecord<T>> {
+    serde_json::from_slice(&run.read_inside(&RunDir::record_inside(dir, metric), MAX_JSON).ok()?).ok()
 }
 
 /// A measured value, unless it could not be computed (NaN, `null` on disk).
@@ -63,49 +64,84 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
-fn pct_of(x: f64) -> Option<String> {
-    finite(x).map(|x| format!("{:.2} %", 100.0 * x))
+/// How a headline number is shown: as a percentage, or with this many decimals.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Shown {
+    Percent,
+    Decimals(usize),
 }
 
-fn num_of(x: f64, digits: usize) -> Option<String> {
-    finite(x).map(|x| format!("{x:.digits$}"))
+impl Shown {
+    /// `x` as shown, unless it could not be computed.
+    pub fn format(self, x: f64) -> Option<String> {
+        match self {
+            Shown::Percent => finite(x).map(|x| format!("{:.2} %", 100.0 * x)),
+            Shown::Decimals(digits) => finite(x).map(|x| format!("{x:.digits$}")),
+        }
+    }
+}
+
+/// One headline number of an evaluation: its name, value and how it is shown.
+pub type Number = (String, f64, Shown);
+
+/// The headline numbers of the evaluation records in the run's directory `dir` (`eval`, or a
+/// study point's): accuracy, ECE, OOD AUROC of log p(x), robust accuracy, FID/KID/IS; those
+/// that could not be computed are left out.
+pub fn eval_numbers(run: &RunDir, dir: &str) -> Vec<Number> {
+    let mut numbers: Vec<Number> = vec![];
+    let mut push = |name: String, value: Option<f64>, shown: Shown| {
+        if let Some(v) = value.and_then(finite) {
+            numbers.push((name, v, shown));
+        }
+    };
+    let acc = read_record_in::<AccuracyRecord>(run, dir, Metric::Accuracy).map(|r| r.values);
+    push("test accuracy".into(), acc.as_ref().map(|a| a.accuracy), Shown::Percent);
+    push("test accuracy after SGLD refinement".into(), acc.and_then(|a| a.accuracy_refined), Shown::Percent);
+    let cal = read_record_in::<CalibrationRecord>(run, dir, Metric::Calibration).map(|r| r.values);
+    push("ECE".into(), cal.map(|c| c.ece), Shown::Percent);
+    for (name, set) in read_record_in::<OodRecord>(run, dir, Metric::Ood).map(|r| r.values.sets).unwrap_or_default() {
+        push(format!("OOD AUROC log p(x), {name}"), set.scores.get("log_px").map(|s| s.auroc), Shown::Decimals(3));
+    }
+    for (norm, points) in read_record_in::<RobustnessRecord>(run, dir, Metric::Robustness).map(|r| r.values.norms).unwrap_or_default() {
+        for p in points.iter().filter(|p| p.eps > 0.0) {
+            push(format!("robust accuracy {norm} eps {}/255", p.eps), Some(p.accuracy), Shown::Percent);
+        }
+    }
+    for (p, r) in read_record_in::<FidRecord>(run, dir, Metric::Fid).map(|r| r.values.protocols).unwrap_or_default() {
+        push(format!("FID ({p})"), r.fid, Shown::Decimals(2));
+        push(format!("KID ({p})"), r.kid, Shown::Decimals(4));
+        push(format!("Inception Score ({p})"), r.inception_score, Shown::Decimals(2));
+    }
+    numbers
 }
 
 /// The headline numbers of a run: training and every evaluation JSON present. Shared by the
 /// HTML page, `sadajem report`'s console table and run comparisons.
 pub fn summary(run: &RunDir) -> Vec<Row> {
-    let mut rows: Vec<Row> = vec![];
-    let mut push = |name: String, value: Option<String>| {
-        if let Some(v) = value {
-            rows.push((name, v));
-        }
-    };
+    summary_of(run, RunDir::EVAL_INSIDE)
+}
+
+/// The same with the evaluation in the run's directory `dir`.
+pub fn summary_of(run: &RunDir, dir: &str) -> Vec<Row> {
+    let numbers = eval_numbers(run, dir);
     let fin = read_final(run);
-    let acc = read_record::<AccuracyRecord>(run, Metric::Accuracy).map(|r| r.values);
-    let best_checkpoint = fin.as_ref().and_then(|f| f.test_accuracy_best_checkpoint);
-    push("test accuracy".into(), acc.as_ref().and_then(|a| pct_of(a.accuracy)).or_else(|| best_checkpoint.and_then(pct_of)));
-    push("test accuracy after SGLD refinement".into(), acc.and_then(|a| pct_of(a.accuracy_refined?)));
-    let cal = read_record::<CalibrationRecord>(run, Metric::Calibration).map(|r| r.values);
-    push("ECE".into(), cal.and_then(|c| pct_of(c.ece)));
-    for (name, set) in read_record::<OodRecord>(run, Metric::Ood).map(|r| r.values.sets).unwrap_or_default() {
-        push(format!("OOD AUROC log p(x), {name}"), set.scores.get("log_px").and_then(|s| num_of(s.auroc, 3)));
-    }
-    for (norm, points) in read_record::<RobustnessRecord>(run, Metric::Robustness).map(|r| r.values.norms).unwrap_or_default() {
-        for p in points.iter().filter(|p| p.eps > 0.0) {
-            push(format!("robust accuracy {norm} eps {}/255", p.eps), pct_of(p.accuracy));
+    let mut rows: Vec<Row> = vec![];
+    if !numbers.iter().any(|(name, ..)| name == "test accuracy") {
+        // Not evaluated: the test accuracy training measured on its best checkpoint.
+        if let Some(acc) = fin.as_ref().and_then(|f| f.test_accuracy_best_checkpoint).and_then(|a| Shown::Percent.format(a)) {
+            rows.push(("test accuracy".into(), acc));
         }
     }
-    for (p, r) in read_record::<FidRecord>(run, Metric::Fid).map(|r| r.values.protocols).unwrap_or_default() {
-        push(format!("FID ({p})"), r.fid.and_then(|v| num_of(v, 2)));
-        push(format!("KID ({p})"), r.kid.and_then(|v| num_of(v, 4)));
-        push(format!("Inception Score ({p})"), r.inception_score.and_then(|v| num_of(v, 2)));
+    rows.extend(numbers.into_iter().filter_map(|(name, v, shown)| Some((name, shown.format(v)?))));
+    let generation = read_record_in::<GenerationRecord>(run, dir, Metric::Generation).map(|r| r.values);
+    if let Some(lse) =
+        generation.and_then(|g| Some(format!("{} / {}", Shown::Decimals(2).format(g.mean_lse_samples)?, Shown::Decimals(2).format(g.mean_lse_test)?)))
+    {
+        rows.push(("mean LSE fresh samples / test".into(), lse));
     }
-    let generation = read_record::<GenerationRecord>(run, Metric::Generation).map(|r| r.values);
-    push(
-        "mean LSE fresh samples / test".into(),
-        generation.and_then(|g| Some(format!("{} / {}", num_of(g.mean_lse_samples, 2)?, num_of(g.mean_lse_test, 2)?))),
-    );
-    push("training time".into(), fin.map(|f| format!("{:.0} s", f.train_seconds)));
+    if let Some(f) = fin {
+        rows.push(("training time".into(), format!("{:.0} s", f.train_seconds)));
+    }
     rows
 }
 
@@ -143,12 +179,17 @@ impl Images {
             return refused("not a PNG file".into());
         }
         self.bytes_left -= bytes.len() as u64;
-        format!(
-            "<figure><img alt=\"{c}\" src=\"data:image/png;base64,{}\"><figcaption>{c}</figcaption></figure>\n",
-            base64::engine::general_purpose::STANDARD.encode(bytes),
-            c = escape(caption)
-        )
+        figure(&bytes, caption)
     }
+}
+
+/// A `<figure>` with the PNG `bytes` inlined as a data URI.
+pub(super) fn figure(png: &[u8], caption: &str) -> String {
+    format!(
+        "<figure><img alt=\"{c}\" src=\"data:image/png;base64,{}\"><figcaption>{c}</figcaption></figure>\n",
+        base64::engine::general_purpose::STANDARD.encode(png),
+        c = escape(caption)
+    )
 }
 
 /// Whether `name`, listed under `plots` in an eval JSON, is one of the plots `sadajem eval`
@@ -165,7 +206,7 @@ fn is_sample_grid(name: &str) -> bool {
         || name.strip_prefix("iter_").and_then(|n| n.strip_suffix(".png")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn table(rows: &[Row]) -> String {
+pub(super) fn table(rows: &[Row]) -> String {
     let mut s = String::from("<table>\n");
     for (k, v) in rows {
         let _ = writeln!(s, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
@@ -395,9 +436,9 @@ fn timing_section(run: &RunDir) -> String {
 }
 
 /// The end of the page; its script lets a headless browser test tell that every image decoded.
-const PAGE_END: &str = "<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n";
+pub(super) const PAGE_END: &str = "<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n";
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\
+pub(super) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\
 h1 code{font-size:.9em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}\
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-size:.9em}\
 th{background:#f5f5f5;font-weight:500}figure{display:inline-block;margin:.5em;vertical-align:top}\

@@ -3,4 +3,5 @@ pub mod compare;
 pub mod grid;
 pub mod html;
 pub mod plots;
+pub mod study;
 pub mod tensorboard;
