@@ -107,6 +107,9 @@ fn slug(name: &str) -> String {
     dashed.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-")
 }
 
+/// A curve's x axis: file-name suffix, label, and a point's coordinate.
+type Axis = (&'static str, &'static str, fn(&Point) -> f64);
+
 /// The learning curves, two PNGs per number in OUT/curves/ (against epochs, against training
 /// seconds); returns, per number, its name and the two files.
 fn learning_curves(runs: &[(RunDir, Vec<Point>)], out: &Path) -> Result<Vec<(String, [PathBuf; 2])>> {
@@ -114,8 +117,7 @@ fn learning_curves(runs: &[(RunDir, Vec<Point>)], out: &Path) -> Result<Vec<(Str
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut drawn = vec![];
     for (name, _) in study::names(runs.iter().flat_map(|(_, p)| p)) {
-        let axes: [(&str, &str, fn(&Point) -> f64); 2] =
-            [("epochs", "epoch", |p| p.epoch as f64), ("seconds", "training seconds", |p| p.train_seconds)];
+        let axes: [Axis; 2] = [("epochs", "epoch", |p| p.epoch as f64), ("seconds", "training seconds", |p| p.train_seconds)];
         let files = axes.map(|(stem, x_label, x)| {
             let lines: Vec<(String, Vec<(f64, f64)>)> =
                 runs.iter().map(|(run, points)| (label(run), points.iter().filter_map(|p| Some((x(p), p.get(&name)?))).collect())).collect();
