@@ -55,12 +55,7 @@ fn headline_dir(points: &[Point]) -> String {
 /// that number shows "–".
 fn headline(runs: &[(RunDir, Vec<Point>)]) -> Grid {
     let summaries: Vec<Vec<Row>> = runs.iter().map(|(run, points)| html::summary_of(run, &headline_dir(points))).collect();
-    let mut names: Vec<&String> = vec![];
-    for (k, _) in summaries.iter().flatten() {
-        if !names.contains(&k) {
-            names.push(k);
-        }
-    }
+    let names = study::first_appearances(summaries.iter().flatten().map(|(k, _)| k));
     let head = std::iter::once(String::new()).chain(runs.iter().map(|(r, _)| label(r))).collect();
     let rows = names
         .into_iter()
@@ -169,11 +164,7 @@ fn page(
         Ok(html::figure(&png, caption))
     };
     let names: Vec<String> = runs.iter().map(|(r, _)| html::escape(&label(r))).collect();
-    let mut h = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>sadajem comparison</title>\n<style>{}</style></head>\n<body>\n<h1>sadajem comparison: {}</h1>\n",
-        html::STYLE,
-        names.join(", ")
-    );
+    let mut h = html::page_start("sadajem comparison", &format!("sadajem comparison: {}", names.join(", ")));
     h += "<section id=\"summary\"><h2>Summary</h2>\n<p>Each run's last evaluation: its study's last checkpoint, or its eval/.</p>\n";
     h += &headline.html();
     h += &figure(robustness, "robust accuracy against the L∞ radius")?;

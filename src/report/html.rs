@@ -206,7 +206,7 @@ fn is_sample_grid(name: &str) -> bool {
         || name.strip_prefix("iter_").and_then(|n| n.strip_suffix(".png")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-pub(super) fn table(rows: &[Row]) -> String {
+fn table(rows: &[Row]) -> String {
     let mut s = String::from("<table>\n");
     for (k, v) in rows {
         let _ = writeln!(s, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
@@ -306,11 +306,14 @@ pub fn write(run: &RunDir) -> Result<PathBuf> {
 
 /// The page up to its first section: the head with the style sheet, the run's name as title.
 fn page_head(run: &RunDir) -> String {
-    let name = run.root.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>sadajem run {n}</title>\n<style>{STYLE}</style></head>\n<body>\n<h1>sadajem run <code>{n}</code></h1>\n",
-        n = escape(&name)
-    )
+    let name = escape(&run.root.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()));
+    page_start(&format!("sadajem run {name}"), &format!("sadajem run <code>{name}</code>"))
+}
+
+/// The start of a page up to its first section: the head with the style sheet, then the
+/// heading; both given as HTML, already escaped.
+pub(super) fn page_start(title: &str, heading: &str) -> String {
+    format!("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>{STYLE}</style></head>\n<body>\n<h1>{heading}</h1>\n")
 }
 
 /// The headline numbers ([`summary`]).
@@ -438,7 +441,7 @@ fn timing_section(run: &RunDir) -> String {
 /// The end of the page; its script lets a headless browser test tell that every image decoded.
 pub(super) const PAGE_END: &str = "<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n";
 
-pub(super) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\
 h1 code{font-size:.9em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}\
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-size:.9em}\
 th{background:#f5f5f5;font-weight:500}figure{display:inline-block;margin:.5em;vertical-align:top}\

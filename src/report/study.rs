@@ -50,17 +50,22 @@ pub fn points(run: &RunDir) -> Vec<Point> {
     points
 }
 
-/// The names of the numbers any of `points` has, in order of first appearance.
+/// The names of the numbers any of `points` has (with how each is shown), in order of first
+/// appearance.
 pub fn names<'a>(points: impl IntoIterator<Item = &'a Point>) -> Vec<(String, html::Shown)> {
-    let mut names: Vec<(String, html::Shown)> = vec![];
-    for p in points {
-        for (name, _, shown) in &p.numbers {
-            if !names.iter().any(|(n, _)| n == name) {
-                names.push((name.clone(), *shown));
-            }
+    first_appearances(points.into_iter().flat_map(|p| &p.numbers).map(|(name, _, shown)| (name.clone(), *shown)))
+}
+
+/// `items` without repeats, each where it first appears: the rows or columns of a table
+/// gathered from several runs.
+pub fn first_appearances<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut seen: Vec<T> = vec![];
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
         }
     }
-    names
+    seen
 }
 
 #[cfg(test)]
