@@ -11,7 +11,8 @@
 #
 # Each stage picks up where a killed one stopped: a run without final.json resumes, a
 # checkpoint with an evaluation is not evaluated again. Extra arguments after the stage go to
-# every `train`. The default budget took ~2 h on 2 CPU cores with bf16 (58 min training) (docs/results.md).
+# every `train`. The default budget took ~2 h on 2 CPU cores with bf16 (58 min training; 80 min in
+# all on a faster CPU) (docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-all}
