@@ -86,10 +86,8 @@ impl Stats {
     pub fn of(pool: &Tensor, kid_subset_size: usize) -> Stats {
         let n = pool.size()[0] as usize;
         let (mu, cov) = fid::stats(pool);
-        let keep = (kid_subset_size * 5).min(n);
-        let share: Vec<i64> = rand::seq::index::sample(&mut ChaCha8Rng::seed_from_u64(0), n, keep).into_iter().map(|i| i as i64).collect();
-        let share = Tensor::from_slice(&share).to_device(pool.device());
-        Stats { mu, cov, kid_features: pool.index_select(0, &share).to_kind(Kind::Float), n }
+        let share = fid::random_rows(pool, (kid_subset_size * 5).min(n), &mut ChaCha8Rng::seed_from_u64(0));
+        Stats { mu, cov, kid_features: share.to_kind(Kind::Float), n }
     }
 
     /// FID and KID (mean, std) of `self` against `reference`.

@@ -79,12 +79,14 @@ pub fn kid(x: &Tensor, y: &Tensor, subsets: usize, subset_size: usize, seed: u64
     let size = subset_size.min(nx).min(ny);
     assert!(size >= 2 && subsets >= 1, "KID needs at least one subset of at least two rows");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut pick = |t: &Tensor, n: usize| {
-        let idx: Vec<i64> = sample(&mut rng, n, size).into_iter().map(|i| i as i64).collect();
-        t.index_select(0, &Tensor::from_slice(&idx))
-    };
-    let values: Vec<f64> = (0..subsets).map(|_| mmd2_unbiased(&pick(x, nx), &pick(y, ny))).collect();
+    let values: Vec<f64> = (0..subsets).map(|_| mmd2_unbiased(&random_rows(x, size, &mut rng), &random_rows(y, size, &mut rng))).collect();
     mean_std(&values)
+}
+
+/// `size` distinct rows of `t`, chosen by `rng`.
+pub fn random_rows(t: &Tensor, size: usize, rng: &mut ChaCha8Rng) -> Tensor {
+    let idx: Vec<i64> = sample(rng, t.size()[0] as usize, size).into_iter().map(|i| i as i64).collect();
+    t.index_select(0, &Tensor::from_slice(&idx).to_device(t.device()))
 }
 
 /// Inception Score: exp(E_x KL(p(y|x) ‖ p(y))) from logits [N, K], computed on `splits` equal
